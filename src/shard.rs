@@ -1,0 +1,100 @@
+//! Which replica polls which group: `jump_hash(fnv1a64(group_id), total_shards)`, as
+//! kube-state-metrics does. Both functions are a few lines and the exact variants matter for
+//! cross-replica agreement, so they are written out here rather than pulled from crates whose
+//! variant might differ.
+
+/// FNV-1a, 64-bit.
+pub fn fnv1a64(data: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    data.iter()
+        .fold(OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME))
+}
+
+/// Lamping & Veach's jump consistent hash: a bucket in `0..buckets`.
+pub fn jump_hash(mut key: u64, buckets: u32) -> u32 {
+    let buckets = i64::from(buckets.max(1));
+    let mut b: i64 = -1;
+    let mut j: i64 = 0;
+    while j < buckets {
+        b = j;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        j = (((b + 1) as f64) * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+    }
+    b as u32
+}
+
+/// The shard a group belongs to.
+pub fn shard_of(group_id: &str, total_shards: u32) -> u32 {
+    jump_hash(fnv1a64(group_id.as_bytes()), total_shards)
+}
+
+/// This replica's place among its peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub ordinal: u32,
+    pub total: u32,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard {
+            ordinal: 0,
+            total: 1,
+        }
+    }
+}
+
+impl Shard {
+    pub fn owns(&self, group_id: &str) -> bool {
+        self.total <= 1 || shard_of(group_id, self.total) == self.ordinal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_known_values() {
+        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
+    }
+
+    #[test]
+    fn jump_hash_known_values() {
+        // Values from the paper's reference implementation (and Go's jump package tests).
+        assert_eq!(jump_hash(0, 1), 0);
+        assert_eq!(jump_hash(1, 1), 0);
+        assert_eq!(jump_hash(0xdeadbeef, 1), 0);
+        assert_eq!(jump_hash(1, 2), 0);
+        assert_eq!(jump_hash(10, 2), 1);
+        assert_eq!(jump_hash(0xdeadbeef, 2), 1);
+    }
+
+    #[test]
+    fn every_group_has_exactly_one_shard_and_moves_little() {
+        let ids: Vec<String> = (0..10_000).map(|i| format!("@TGS#{i:08}")).collect();
+        for total in 1..=5u32 {
+            let mut counts = vec![0usize; total as usize];
+            for id in &ids {
+                let owners: Vec<u32> = (0..total)
+                    .filter(|&o| Shard { ordinal: o, total }.owns(id))
+                    .collect();
+                assert_eq!(owners.len(), 1);
+                counts[owners[0] as usize] += 1;
+            }
+            let expected = ids.len() / total as usize;
+            for c in counts {
+                assert!(c.abs_diff(expected) < expected / 10 + 50, "{total}: {c}");
+            }
+        }
+        // Growing from 3 to 4 shards moves about a quarter of the groups, never more than that.
+        let moved = ids
+            .iter()
+            .filter(|id| shard_of(id, 3) != shard_of(id, 4))
+            .count();
+        assert!(moved < ids.len() * 3 / 10, "{moved}");
+    }
+}
