@@ -54,6 +54,8 @@ pub struct Options {
     pub shard: Shard,
     pub server: ServerOptions,
     pub build: crate::metrics::BuildInfo,
+    /// One message per reload request (SIGHUP); `POST /-/reload` goes through the server.
+    pub reloads: tokio::sync::mpsc::Receiver<()>,
 }
 
 /// The daemon's shared core, handed to the HTTP server as its [`http::Service`].
@@ -558,6 +560,23 @@ pub async fn run(
         })
     };
 
+    let reloader = {
+        let daemon = Arc::clone(&daemon);
+        let mut stop = trigger.subscribe();
+        let mut reloads = options.reloads;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.fired() => break,
+                    r = reloads.recv() => match r {
+                        Some(()) => { let _ = daemon.reload().await; }
+                        None => break,
+                    }
+                }
+            }
+        })
+    };
+
     let mut shutdown = shutdown;
     shutdown.fired().await;
     info!("shutting down");
@@ -570,6 +589,7 @@ pub async fn run(
         }
     }
     let _ = writer.await;
+    let _ = reloader.await;
     {
         let d = Arc::clone(&daemon);
         let _ = tokio::task::spawn_blocking(move || d.write_state()).await;
