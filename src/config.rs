@@ -533,20 +533,7 @@ impl Walk<'_> {
         let mut seen: HashMap<u64, usize> = HashMap::new();
         let mut all_ok = true;
         for (i, item) in items.iter().enumerate() {
-            let path = format!("apps[{i}]");
-            let (sdkappid, app) = self.app(&path, item, global);
-            if let Some(id) = sdkappid {
-                if let Some(first) = seen.get(&id) {
-                    self.error(
-                        format!("{path}.sdkappid"),
-                        format!("duplicate sdkappid {id} (also apps[{first}])"),
-                    );
-                    all_ok = false;
-                } else {
-                    seen.insert(id, i);
-                }
-            }
-            match app {
+            match self.app(i, item, global, &mut seen) {
                 Some(app) => apps.push(app),
                 None => all_ok = false,
             }
@@ -554,11 +541,17 @@ impl Walk<'_> {
         all_ok.then_some(apps)
     }
 
-    /// One app; also returns its sdkappid when that alone is valid, for the duplicate check.
-    fn app(&mut self, path: &str, v: &Value, global: Duration) -> (Option<u64>, Option<AppConfig>) {
-        let Some(f) = self.fields(path, v, APP_KEYS) else {
-            return (None, None);
-        };
+    /// The app at `apps[index]`; `seen` maps the sdkappids of the apps before it to their
+    /// index, so a duplicate names both.
+    fn app(
+        &mut self,
+        index: usize,
+        v: &Value,
+        global: Duration,
+        seen: &mut HashMap<u64, usize>,
+    ) -> Option<AppConfig> {
+        let path = &format!("apps[{index}]");
+        let f = self.fields(path, v, APP_KEYS)?;
         let sdkappid = match f.get("sdkappid") {
             None => {
                 self.error(path, "missing sdkappid");
@@ -572,7 +565,19 @@ impl Walk<'_> {
                     );
                     None
                 }
-                Some(id) => Some(id),
+                Some(id) => match seen.get(&id) {
+                    Some(first) => {
+                        self.error(
+                            f.path_of("sdkappid"),
+                            format!("duplicate sdkappid {id} (also apps[{first}])"),
+                        );
+                        None
+                    }
+                    None => {
+                        seen.insert(id, index);
+                        Some(id)
+                    }
+                },
             },
         };
 
@@ -684,34 +689,32 @@ impl Walk<'_> {
             None => Some(None),
             Some(v) => self.discover(&f.path_of("discover"), v).map(Some),
         };
-        let no_groups = matches!(&groups, Some(g) if g.is_empty());
-        if no_groups && matches!(discover, Some(None)) {
+        if matches!((&groups, &discover), (Some(g), Some(None)) if g.is_empty()) {
             self.error(
                 path,
                 "no groups to poll: list them under groups, or set discover to poll every group \
                  of the app",
             );
+            return None;
         }
 
-        let app = (|| {
-            let (secret_key, secret_source) = secret?;
-            Some(AppConfig {
-                sdkappid: sdkappid?,
-                region: region?,
-                base_url: base_url?,
-                identifier: identifier?,
-                secret_key,
-                secret_source,
-                usersig_ttl: usersig_ttl?,
-                rate_limit: rate_limit?,
-                max_concurrency: max_concurrency?,
-                timeout: timeout?,
-                allow_insecure_http: allow_insecure_http?,
-                groups: groups?,
-                discover: discover?,
-            })
-        })();
-        (sdkappid, app)
+        // Every field has been checked (and its problems reported) before any `?` here.
+        let (secret_key, secret_source) = secret?;
+        Some(AppConfig {
+            sdkappid: sdkappid?,
+            region: region?,
+            base_url: base_url?,
+            identifier: identifier?,
+            secret_key,
+            secret_source,
+            usersig_ttl: usersig_ttl?,
+            rate_limit: rate_limit?,
+            max_concurrency: max_concurrency?,
+            timeout: timeout?,
+            allow_insecure_http: allow_insecure_http?,
+            groups: groups?,
+            discover: discover?,
+        })
     }
 
     /// `region` or `endpoint`, exactly one: the region (if any) and the base URL.
