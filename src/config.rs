@@ -49,6 +49,10 @@ pub const MIN_USERSIG_TTL: Duration = Duration::from_secs(5 * 60);
 /// exporter renews its UserSig itself, so a longer life buys nothing and only widens the window
 /// in which a leaked UserSig (it travels in the query string) stays valid.
 pub const MAX_USERSIG_TTL: Duration = Duration::from_secs(180 * 86400);
+/// The lowest `rate_limit`: one request every 1000 s. Anything above 0 would do in principle,
+/// but the limiter spaces requests by 1 / rate_limit (divided again by the shard count), and a
+/// vanishing rate would make that spacing overflow a `Duration`.
+pub const MIN_RATE_LIMIT: f64 = 0.001;
 /// The highest `max_concurrency`: far beyond what a 200/s quota can use.
 pub const MAX_MAX_CONCURRENCY: usize = 1024;
 /// Tencent's backend times out REST calls after this long; a client `timeout` at or below it
@@ -362,13 +366,14 @@ impl Walk<'_> {
     /// Checks that `v` is a mapping with string keys from `allowed`, reporting the others.
     fn fields<'v>(&mut self, path: &str, v: &'v Value, allowed: &[&str]) -> Option<Fields<'v>> {
         let Value::Mapping(map) = v else {
-            let where_ = if path.is_empty() { "the config" } else { path };
+            let (path, what) = if path.is_empty() {
+                ("config", "the config must be")
+            } else {
+                (path, "must be")
+            };
             self.error(
-                if path.is_empty() { "config" } else { path },
-                format!(
-                    "{where_} must be a mapping of keys to values, not {}",
-                    kind(v)
-                ),
+                path,
+                format!("{what} a mapping of keys to values, not {}", kind(v)),
             );
             return None;
         };
@@ -614,7 +619,7 @@ impl Walk<'_> {
             Some(v) => {
                 let p = f.path_of("rate_limit");
                 match v.as_f64() {
-                    Some(r) if r.is_finite() && r > 0.0 => {
+                    Some(r) if r.is_finite() && r >= MIN_RATE_LIMIT => {
                         if r > API_RATE_LIMIT {
                             self.warn(
                                 &p,
@@ -628,7 +633,10 @@ impl Walk<'_> {
                         Some(r)
                     }
                     Some(_) => {
-                        self.error(&p, "must be a number of requests per second greater than 0");
+                        self.error(
+                            &p,
+                            format!("must be at least {MIN_RATE_LIMIT} requests per second"),
+                        );
                         None
                     }
                     None => {

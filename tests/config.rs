@@ -358,19 +358,25 @@ const ERROR_CASES: &[Case] = &[
         "zero rate_limit",
         "",
         &[("rate_limit", Some("0"))],
-        "apps[0].rate_limit: must be a number of requests per second greater than 0",
+        "apps[0].rate_limit: must be at least 0.001 requests per second",
     ),
     (
         "negative rate_limit",
         "",
         &[("rate_limit", Some("-5"))],
-        "apps[0].rate_limit: must be a number of requests per second greater than 0",
+        "apps[0].rate_limit: must be at least 0.001 requests per second",
     ),
     (
         "infinite rate_limit",
         "",
         &[("rate_limit", Some(".inf"))],
-        "apps[0].rate_limit: must be a number of requests per second greater than 0",
+        "apps[0].rate_limit: must be at least 0.001 requests per second",
+    ),
+    (
+        "vanishing rate_limit",
+        "",
+        &[("rate_limit", Some("1e-300"))],
+        "apps[0].rate_limit: must be at least 0.001 requests per second",
     ),
     (
         "rate_limit as text",
@@ -569,7 +575,7 @@ fn top_level_shape() {
     );
     assert_eq!(
         errors("apps: [\"1400000000\"]\n"),
-        "apps[0]: apps[0] must be a mapping of keys to values, not a string"
+        "apps[0]: must be a mapping of keys to values, not a string"
     );
 }
 
@@ -613,7 +619,7 @@ value_hashes: must be one of per_key, per_group, off
 apps[0].sdkappid: must be a positive integer, like 1400000000
 apps[0].region: unknown region \"mars\": one of china, singapore, seoul, frankfurt, silicon_valley, jakarta
 apps[0].secret_key_env: environment variable TIM_UNSET is not set
-apps[0].rate_limit: must be a number of requests per second greater than 0
+apps[0].rate_limit: must be at least 0.001 requests per second
 apps[0].timeout: must be a duration with a unit, like 60s or 1m30s, not a bare number
 apps[0].groups[1]: duplicate group ID \"@TGS#a\" (also apps[0].groups[0])
 apps[0].groups[2].id: empty group ID
@@ -723,6 +729,27 @@ fn every_key_set() {
     let discover = app.discover.as_ref().expect("discover is set");
     assert_eq!(discover.group_types, ["Public", "Private", "ChatRoom"]);
     assert_eq!(discover.refresh_interval, Duration::from_secs(3600));
+}
+
+#[test]
+fn value_hashes_spellings() {
+    for (value, want) in [
+        ("per_key", ValueHashes::PerKey),
+        ("per_group", ValueHashes::PerGroup),
+        ("off", ValueHashes::Off),
+        ("\"off\"", ValueHashes::Off),
+    ] {
+        let yaml = one_app(&format!("value_hashes: {value}\n"), &[]);
+        assert_eq!(
+            parse(&yaml).expect("valid").config.value_hashes,
+            want,
+            "{value}"
+        );
+    }
+    assert_eq!(
+        errors(&one_app("value_hashes: false\n", &[])),
+        "value_hashes: must be one of per_key, per_group, off"
+    );
 }
 
 #[test]
