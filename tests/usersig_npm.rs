@@ -20,7 +20,14 @@ fn npm_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/npm")
 }
 
+/// Installs once per test binary: both tests call this, and two concurrent `npm ci` runs in
+/// one directory would trample each other.
 fn ensure_installed() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(install);
+}
+
+fn install() {
     let dir = npm_dir();
     if dir
         .join("node_modules/tls-sig-api-v2/TLSSigAPIv2.js")
