@@ -268,8 +268,18 @@ impl Failure {
 
 /// Renders a reqwest error for a log line: without its URL (which carries the UserSig in its
 /// query string), and redacted again in case a source error quotes it.
+/// The error's source chain is appended (`error sending request: connection refused`), as
+/// reqwest's own `Display` stops at the outermost layer.
 fn describe(err: reqwest::Error) -> String {
-    redact_usersig(&err.without_url().to_string())
+    let err = err.without_url();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    redact_usersig(&text)
 }
 
 fn classify_reqwest(err: &reqwest::Error) -> FailureReason {
@@ -653,11 +663,19 @@ impl Client {
                 status: Some(status.as_u16()),
             });
         }
+        let too_large = || {
+            tracing::debug!(
+                sdkappid = self.sdkappid,
+                reason = "invalid_response",
+                "answer larger than 1 MiB; not reading it"
+            );
+            Failure::new(FailureReason::InvalidResponse)
+        };
         if response
             .content_length()
             .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
         {
-            return Err(Failure::new(FailureReason::InvalidResponse));
+            return Err(too_large());
         }
         let mut buf = Vec::with_capacity(
             response
@@ -668,7 +686,7 @@ impl Client {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                        return Err(Failure::new(FailureReason::InvalidResponse));
+                        return Err(too_large());
                     }
                     buf.extend_from_slice(&chunk);
                 }
@@ -844,6 +862,39 @@ mod tests {
             (0..20).map(|_| policy.backoff(3, &mut rng)).collect();
         assert!(samples.len() > 10);
         assert!(policy.backoff(u32::MAX, &mut rng) <= policy.max_backoff);
+    }
+
+    /// The list limiter on the paused clock (the socket-level check is in tests/client.rs).
+    #[tokio::test(start_paused = true)]
+    async fn list_calls_are_more_than_a_second_apart() {
+        let client = Client::new(
+            ClientSettings {
+                sdkappid: 1,
+                identifier: "admin".into(),
+                secret_key: SecretKey::new("k"),
+                base_url: url::Url::parse("http://127.0.0.1:1/").unwrap(),
+                usersig_ttl: Duration::from_secs(60),
+                timeout: Duration::from_secs(5),
+                max_concurrency: 4,
+                retry: RetryPolicy::default(),
+            },
+            Arc::new(RateLimiter::new(1000.0)),
+            Arc::new(crate::observe::NoopObserver),
+        )
+        .unwrap();
+        let mut last: Option<Instant> = None;
+        for _ in 0..5 {
+            client.list_limiter.acquire().await;
+            let now = Instant::now();
+            if let Some(prev) = last {
+                assert!(
+                    now - prev >= Duration::from_millis(1100),
+                    "{:?}",
+                    now - prev
+                );
+            }
+            last = Some(now);
+        }
     }
 
     proptest::proptest! {
