@@ -481,7 +481,8 @@ impl Client {
         Err(ListError::NoAnswer(FailureReason::InvalidResponse))
     }
 
-    /// One API call with its retries. Transient failures (timeouts, connection errors, 5xx,
+    /// One API call with its retries. (`ListError` doubles as the error of any call: an API
+    /// error or no answer.) Transient failures (timeouts, connection errors, 5xx,
     /// class R codes) are retried up to `max_attempts` with jittered exponential backoff; a
     /// rate-limit code slows `limiter` down and ends the call; 70001/70052 get a fresh UserSig
     /// and exactly one more attempt; everything else ends the call at once.
@@ -582,6 +583,10 @@ impl Client {
     /// rate-limit slot and held until the answer is read: were it taken after, a request could
     /// sit on its slot waiting for a permit and then leave bunched up with later ones, breaking
     /// the even spacing the server sees. It is released before any backoff.
+    ///
+    /// List calls take no permit: they wait over a second for their own slot and would hold a
+    /// `get_group_attr` permit all that time (with `max_concurrency: 1`, stalling polling); one
+    /// list call a second in flight next to the permits is harmless.
     async fn attempt<T>(
         &self,
         api: Api,
@@ -589,11 +594,15 @@ impl Client {
         limiter: &RateLimiter,
         parse: fn(&[u8]) -> Result<Answer<T>, InvalidResponse>,
     ) -> (Result<Answer<T>, Failure>, UserSig) {
-        let _permit = self
-            .in_flight
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
+        let _permit = match api {
+            Api::GetGroupAttr => Some(
+                self.in_flight
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed"),
+            ),
+            Api::GetAppidGroupList => None,
+        };
         limiter.acquire().await;
         let sig = self.current_usersig();
         let random: u32 = self.rng.lock().unwrap_or_else(|e| e.into_inner()).r#gen();

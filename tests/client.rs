@@ -990,3 +990,41 @@ async fn logs_never_contain_the_usersig_or_key() {
     }
     assert!(!logs.contains("usersig=eJ"));
 }
+
+#[tokio::test]
+async fn a_listing_does_not_hold_up_polling() {
+    let server = Server::start(|_, r| {
+        if r.path.ends_with("get_appid_group_list") {
+            let next = if r.body.windows(8).any(|w| w == b"\"Next\":0") {
+                5
+            } else {
+                0
+            };
+            Reply::Json(json!({"ActionStatus":"OK","ErrorCode":0,"GroupIdList":[],"Next":next}))
+        } else {
+            ok(&[])
+        }
+    })
+    .await;
+    let h = Arc::new(harness_with(server.base.clone(), |s| s.max_concurrency = 1));
+    let lister = {
+        let h = h.clone();
+        tokio::spawn(async move { h.client.get_appid_group_list(None).await })
+    };
+    // Once the first page is served, the listing waits over a second for its next slot.
+    while server.count() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(
+        h.client.get_group_attr(GROUP).await,
+        AttrOutcome::Ok(vec![])
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!lister.is_finished(), "the listing was still between pages");
+    assert_eq!(lister.await.unwrap(), Ok(vec![]));
+}
