@@ -274,7 +274,10 @@ async fn serve_http1<I>(
         .header_read_timeout(options.header_read_timeout)
         .max_buf_size(options.max_header_bytes.max(MIN_HTTP1_BUF))
         .keep_alive(true);
-    let conn = builder.serve_connection(io, request_service(Arc::clone(shared), Arc::clone(&activity)));
+    let conn = builder.serve_connection(
+        io,
+        request_service(Arc::clone(shared), Arc::clone(&activity)),
+    );
     drive(
         conn,
         |c| c.graceful_shutdown(),
@@ -300,7 +303,10 @@ async fn serve_http2<I>(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(32);
-    let conn = builder.serve_connection(io, request_service(Arc::clone(shared), Arc::clone(&activity)));
+    let conn = builder.serve_connection(
+        io,
+        request_service(Arc::clone(shared), Arc::clone(&activity)),
+    );
     drive(
         conn,
         |c| c.graceful_shutdown(),
@@ -452,10 +458,8 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
                 .await
             {
                 let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic"),
-                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
                 r
             } else {
                 route(shared, &request).await

@@ -165,7 +165,9 @@ impl WebConfigSource {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<([u8; 32], Arc<WebConfig>)>> {
         // A panic while holding this lock leaves at worst a stale cache entry.
-        self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -266,7 +268,14 @@ impl Sources {
                     &tls.cert_file,
                     &mut problems,
                 ),
-                pem_source(base, "key", &tls.key, "key_file", &tls.key_file, &mut problems),
+                pem_source(
+                    base,
+                    "key",
+                    &tls.key,
+                    "key_file",
+                    &tls.key_file,
+                    &mut problems,
+                ),
                 pem_source(
                     base,
                     "client_ca",
@@ -635,10 +644,10 @@ fn build_provider(raw: &RawTls, problems: &mut Vec<String>) -> Option<CryptoProv
                 if !chosen.contains(suite) {
                     chosen.push(*suite);
                 }
-            } else if tls13
-                .iter()
-                .any(|s| format!("{:?}", s.suite()) == canonical)
-            {
+            } else if tls13.iter().any(|s| {
+                // rustls says TLS13_AES_128_GCM_SHA256 where Go says TLS_AES_128_GCM_SHA256.
+                format!("{:?}", s.suite()).replacen("TLS13_", "TLS_", 1) == canonical
+            }) {
                 // Go ignores cipher_suites for TLS 1.3 and so does this server.
             } else {
                 let known: Vec<String> = tls12.iter().map(|s| format!("{:?}", s.suite())).collect();
@@ -832,11 +841,10 @@ impl Authenticator {
         let Ok(_permit) = self.bcrypt_permits.acquire().await else {
             return false;
         };
-        let verified = tokio::task::spawn_blocking(move || {
-            bcrypt::verify(&password, &hash).unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false);
+        let verified =
+            tokio::task::spawn_blocking(move || bcrypt::verify(&password, &hash).unwrap_or(false))
+                .await
+                .unwrap_or(false);
         let ok = verified && known.is_some();
         if ok {
             let mut cache = self.cache_lock();

@@ -128,10 +128,7 @@ fn install_provider() {
 
 fn plain_client() -> reqwest::Client {
     install_provider();
-    reqwest::Client::builder()
-        .timeout(PROMPT)
-        .build()
-        .unwrap()
+    reqwest::Client::builder().timeout(PROMPT).build().unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -462,7 +459,10 @@ async fn gzip_is_negotiated_from_accept_encoding() {
     let compressed = gz.bytes().await.unwrap();
     let text = gunzip(&compressed);
     assert!(text.contains("stub_renders_total 1\n"), "{text}");
-    assert!(compressed.len() < text.len() / 2, "gzip actually compresses");
+    assert!(
+        compressed.len() < text.len() / 2,
+        "gzip actually compresses"
+    );
 
     // The same render, uncompressed, is byte-for-byte what gzip carried (apart from the counter).
     let plain = client
@@ -509,7 +509,11 @@ async fn http1_keep_alive_serves_several_requests_on_one_connection() {
                 .await
                 .expect("answer in time")
                 .unwrap();
-            assert!(n > 0, "connection closed: {}", String::from_utf8_lossy(&buf));
+            assert!(
+                n > 0,
+                "connection closed: {}",
+                String::from_utf8_lossy(&buf)
+            );
             buf.extend_from_slice(&chunk[..n]);
         }
         assert!(buf.starts_with(b"HTTP/1.1 200 OK\r\n"));
@@ -551,7 +555,10 @@ async fn shutdown_lets_an_in_flight_scrape_finish() {
         .expect("the render starts");
     let addr = server.addr;
     server.shutdown().await;
-    let response = scrape.await.unwrap().expect("the in-flight scrape completes");
+    let response = scrape
+        .await
+        .unwrap()
+        .expect("the in-flight scrape completes");
     assert_eq!(response.status(), 200);
     assert!(
         TcpStream::connect(addr).await.is_err(),
@@ -696,7 +703,10 @@ async fn connections_over_the_cap_are_closed_and_idle_ones_time_out() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(last, None, "scrapes get through once the idle ones are gone");
+    assert_eq!(
+        last, None,
+        "scrapes get through once the idle ones are gone"
+    );
     server.shutdown().await;
 }
 
