@@ -468,10 +468,10 @@ fn build_tls(
     let key = pem_bytes(key_pem, "key_file", problems).and_then(|bytes| {
         match PrivateKeyDer::from_pem_slice(bytes) {
             Ok(k) => Some(k),
-            Err(e) => {
-                // The error names only the PEM structure, never key material.
+            Err(_) => {
+                // The parser's own message may quote bytes of the key: leave it out.
                 problems.push(format!(
-                    "tls_server_config.{}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}",
+                    "tls_server_config.{}: no usable private key (expected a PKCS#8, PKCS#1 or SEC1 PEM block)",
                     pem_place(key_pem, "key", "key_file")
                 ));
                 None

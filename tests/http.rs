@@ -1105,3 +1105,52 @@ async fn rate_limit_answers_429() {
     assert_eq!(statuses, [200, 200, 429, 429]);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn cipher_suites_restrict_tls12() {
+    let ca = Ca::new("test CA");
+    let dir = tls_dir(
+        &ca,
+        "  max_version: TLS12\n  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]\n",
+        "",
+    );
+    let server = Server::start(dir.options(), Stub::new()).await;
+    let client_with = |suite: rustls::CipherSuite| {
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites.retain(|s| s.suite() == suite);
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    };
+    let allowed = client_with(rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256);
+    tls_connect(&allowed, server.addr).await.unwrap();
+    let other = client_with(rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256);
+    assert!(tls_connect(&other, server.addr).await.is_err());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn stalled_tls_handshakes_are_closed_after_the_timeout() {
+    let ca = Ca::new("test CA");
+    let dir = tls_dir(&ca, "", "");
+    let options = ServerOptions {
+        tls_handshake_timeout: Duration::from_millis(200),
+        ..dir.options()
+    };
+    let server = Server::start(options, Stub::new()).await;
+    let mut stalled = TcpStream::connect(server.addr).await.unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(PROMPT, stalled.read_to_end(&mut rest))
+        .await
+        .expect("the server closes a stalled handshake")
+        .ok();
+    server.shutdown().await;
+}
