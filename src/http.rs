@@ -1,1 +1,732 @@
-//! (to be written)
+//! The exporter's HTTP server: `/metrics`, `/-/healthy`, `/-/ready`, `/-/reload` and a landing
+//! page, behind the TLS, basic auth, headers and rate limit of `--web.config.file`
+//! (see [`crate::web_config`]).
+//!
+//! The server never lets one client hold up another: connections are capped (over the cap a new
+//! connection is closed at once), a TLS handshake, the request head and each whole request have
+//! deadlines, idle connections are closed, and rendering and bcrypt run on the blocking pool.
+//! Plaintext connections speak HTTP/1.1; TLS connections speak HTTP/2 too when ALPN picks it.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, error, warn};
+
+use crate::web_config::{Authenticator, RateLimit, WebConfig, WebConfigSource};
+
+/// What the server serves; the daemon implements it.
+pub trait Service: Send + Sync + 'static {
+    /// The full Prometheus text exposition (format 0.0.4), rendered from in-memory state. The
+    /// server calls it on the blocking pool: it may take tens of milliseconds.
+    fn render_metrics(&self) -> Vec<u8>;
+    fn is_ready(&self) -> bool;
+    /// Apply a reload; `Err(text)` when the new config is bad (served as 500 with the text).
+    fn reload(&self) -> BoxFuture<'static, Result<(), String>>;
+}
+
+/// The `/metrics` Content-Type: Prometheus text format 0.0.4.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// hyper refuses an HTTP/1 read buffer smaller than this.
+const MIN_HTTP1_BUF: usize = 8192;
+
+/// Limits and timeouts. `Default` holds production values; tests shorten them.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// `--web.config.file`: re-read per connection (TLS) and per request (auth, headers).
+    pub web_config_file: Option<PathBuf>,
+    /// Connections open at once; a connection over the cap is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// Time a client has to send a request head, counted from the connection's start or from
+    /// the end of its previous response. An HTTP/1.1 keep-alive connection idle for longer is
+    /// closed (clients reconnect).
+    pub header_read_timeout: Duration,
+    /// Bound on a request head (HTTP/1: the read buffer, at least 8 KiB; HTTP/2: the header list).
+    pub max_header_bytes: usize,
+    /// Time a client has to complete the TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Time from a request's head to its response (auth, rendering, reload); past it: 503.
+    pub request_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (what bounds idle
+    /// HTTP/2 connections, which have no head timeout).
+    pub idle_timeout: Duration,
+    /// On shutdown, how long in-flight requests get to finish before connections are dropped.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            web_config_file: None,
+            max_connections: 512,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            tls_handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(120),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// State shared by every connection.
+struct Shared {
+    options: ServerOptions,
+    service: Arc<dyn Service>,
+    web: Option<Arc<WebConfigSource>>,
+    auth: Authenticator,
+    limiter: RateLimiter,
+}
+
+type Body = Full<Bytes>;
+
+/// Serves until `shutdown` completes, then stops accepting, gives in-flight requests up to
+/// `shutdown_grace` and returns.
+pub async fn serve(
+    listener: TcpListener,
+    options: ServerOptions,
+    service: Arc<dyn Service>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let web = options
+        .web_config_file
+        .clone()
+        .map(|p| Arc::new(WebConfigSource::new(p)));
+    let permits = Arc::new(Semaphore::new(options.max_connections));
+    let grace = options.shutdown_grace;
+    let shared = Arc::new(Shared {
+        options,
+        service,
+        web,
+        auth: Authenticator::new(),
+        limiter: RateLimiter::default(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                        debug!(%peer, "connection limit reached, closing new connection");
+                        drop(stream);
+                        continue;
+                    };
+                    connections.spawn(connection(
+                        stream,
+                        peer,
+                        Arc::clone(&shared),
+                        stop_rx.clone(),
+                        permit,
+                    ));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin; the
+                    // listener itself stays usable.
+                    warn!(error = %e, "accepting a connection failed");
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        debug!(
+            remaining = connections.len(),
+            "shutdown grace elapsed, dropping connections"
+        );
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+/// One accepted connection, from TLS handshake (if configured) to close.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let config = match &shared.web {
+        None => None,
+        Some(source) => match load_web_config(source).await {
+            Ok(config) => Some(config),
+            Err(e) => {
+                // Never fall back to plaintext or to no auth: refuse until the file is fixed.
+                error!(%peer, error = %e, "web config unusable, refusing connection");
+                return;
+            }
+        },
+    };
+    let activity = Arc::new(Activity::new());
+    let options = &shared.options;
+    let Some(tls) = config.as_ref().and_then(|c| c.tls()).cloned() else {
+        let io = TokioIo::new(stream);
+        serve_http1(io, &shared, activity, stop).await;
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let handshake = tokio::time::timeout(options.tls_handshake_timeout, acceptor.accept(stream));
+    let tls_stream = tokio::select! {
+        result = handshake => match result {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        _ = stop.wait_for(|stopped| *stopped) => return,
+    };
+    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls_stream);
+    if h2 {
+        serve_http2(io, &shared, activity, stop).await;
+    } else {
+        serve_http1(io, &shared, activity, stop).await;
+    }
+}
+
+async fn load_web_config(source: &Arc<WebConfigSource>) -> Result<Arc<WebConfig>, String> {
+    let source = Arc::clone(source);
+    match tokio::task::spawn_blocking(move || source.load()).await {
+        Ok(Ok(config)) => Ok(config),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("loading the web config panicked: {e}")),
+    }
+}
+
+fn request_service(
+    shared: Arc<Shared>,
+    activity: Arc<Activity>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone {
+    service_fn(move |request| {
+        let shared = Arc::clone(&shared);
+        let busy = activity.begin();
+        async move {
+            let _busy = busy;
+            let response = match tokio::time::timeout(
+                shared.options.request_timeout,
+                handle(&shared, request),
+            )
+            .await
+            {
+                Ok(response) => response,
+                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "request timed out\n"),
+            };
+            Ok::<_, Infallible>(response)
+        }
+    })
+}
+
+async fn serve_http1<I>(
+    io: TokioIo<I>,
+    shared: &Arc<Shared>,
+    activity: Arc<Activity>,
+    stop: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let options = &shared.options;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(options.max_header_bytes.max(MIN_HTTP1_BUF))
+        .keep_alive(true);
+    let conn = builder.serve_connection(
+        io,
+        request_service(Arc::clone(shared), Arc::clone(&activity)),
+    );
+    drive(
+        conn,
+        |c| c.graceful_shutdown(),
+        stop,
+        &activity,
+        options.idle_timeout,
+        options.shutdown_grace,
+    )
+    .await;
+}
+
+async fn serve_http2<I>(
+    io: TokioIo<I>,
+    shared: &Arc<Shared>,
+    activity: Arc<Activity>,
+    stop: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let options = &shared.options;
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(32);
+    let conn = builder.serve_connection(
+        io,
+        request_service(Arc::clone(shared), Arc::clone(&activity)),
+    );
+    drive(
+        conn,
+        |c| c.graceful_shutdown(),
+        stop,
+        &activity,
+        options.idle_timeout,
+        options.shutdown_grace,
+    )
+    .await;
+}
+
+/// Runs a hyper connection until it ends, the server stops, or it sits idle too long; in the
+/// last two cases it is shut down gracefully, with `grace` to finish.
+async fn drive<C, E>(
+    conn: C,
+    graceful: impl FnOnce(Pin<&mut C>),
+    mut stop: watch::Receiver<bool>,
+    activity: &Activity,
+    idle_timeout: Duration,
+    grace: Duration,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = stop.wait_for(|stopped| *stopped) => {}
+        () = activity.idle_for(idle_timeout) => debug!("closing idle connection"),
+    }
+    graceful(conn.as_mut());
+    let _ = tokio::time::timeout(grace, conn).await;
+}
+
+/// When a connection last started or finished a request, and how many are in flight.
+struct Activity {
+    last: Mutex<Instant>,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            last: Mutex::new(Instant::now()),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.touch();
+        Busy(Arc::clone(self))
+    }
+
+    /// Completes once no request has been in flight for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let deadline = *self.last.lock().unwrap_or_else(|p| p.into_inner()) + timeout;
+            if Instant::now() >= deadline && self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            // Busy past the deadline: look again a timeout later (requests are bounded by
+            // request_timeout, and finishing one moves `last`).
+            let next = deadline.max(Instant::now() + timeout.min(Duration::from_secs(1)));
+            tokio::time::sleep_until(next).await;
+        }
+    }
+}
+
+/// A request in flight; dropping it marks the end.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.touch();
+    }
+}
+
+/// The endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Landing,
+    Metrics,
+    Healthy,
+    Ready,
+    Reload,
+}
+
+impl Route {
+    fn of(path: &str) -> Option<Route> {
+        match path {
+            "/" => Some(Route::Landing),
+            "/metrics" => Some(Route::Metrics),
+            "/-/healthy" => Some(Route::Healthy),
+            "/-/ready" => Some(Route::Ready),
+            "/-/reload" => Some(Route::Reload),
+            _ => None,
+        }
+    }
+
+    fn allows(self, method: &Method) -> bool {
+        match self {
+            Route::Reload => method == Method::POST,
+            _ => method == Method::GET || method == Method::HEAD,
+        }
+    }
+
+    fn allow_header(self) -> &'static str {
+        match self {
+            Route::Reload => "POST",
+            _ => "GET, HEAD",
+        }
+    }
+}
+
+/// Web config (per request), rate limit, auth, then the endpoint; config headers on every answer.
+async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
+    let config = match &shared.web {
+        None => None,
+        Some(source) => match load_web_config(source).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                error!(error = %e, "web config unusable, refusing request");
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "web config unusable; see the exporter's log\n",
+                );
+            }
+        },
+    };
+    let mut response = match &config {
+        None => route(shared, &request).await,
+        Some(config) => {
+            if !shared.limiter.allow(config.rate_limit()) {
+                text(StatusCode::TOO_MANY_REQUESTS, "too many requests\n")
+            } else if !shared
+                .auth
+                .authorize(config, request.headers().get(header::AUTHORIZATION))
+                .await
+            {
+                let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+                r
+            } else {
+                route(shared, &request).await
+            }
+        }
+    };
+    if let Some(config) = &config {
+        for (name, value) in config.headers() {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    response
+}
+
+async fn route(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
+    let Some(route) = Route::of(request.uri().path()) else {
+        return text(StatusCode::NOT_FOUND, "Not Found\n");
+    };
+    let method = request.method();
+    if !route.allows(method) {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+        r.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static(route.allow_header()),
+        );
+        return r;
+    }
+    let response = match route {
+        Route::Landing => html(landing_page()),
+        Route::Healthy => text(StatusCode::OK, "Healthy"),
+        Route::Ready if shared.service.is_ready() => text(StatusCode::OK, "Ready"),
+        Route::Ready => text(StatusCode::SERVICE_UNAVAILABLE, "Not ready"),
+        Route::Reload => {
+            // A task of its own, so a request that times out does not cancel a reload halfway.
+            match tokio::spawn(shared.service.reload()).await {
+                Ok(Ok(())) => text(StatusCode::OK, "Reloaded\n"),
+                Ok(Err(message)) => text(StatusCode::INTERNAL_SERVER_ERROR, message),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("reload failed: {e}\n"),
+                ),
+            }
+        }
+        Route::Metrics => {
+            let gzip = accepts_gzip(request.headers());
+            metrics(Arc::clone(&shared.service), gzip).await
+        }
+    };
+    if method == Method::HEAD {
+        without_body(response)
+    } else {
+        response
+    }
+}
+
+async fn metrics(service: Arc<dyn Service>, gzip: bool) -> Response<Body> {
+    let rendered = tokio::task::spawn_blocking(move || {
+        let text = service.render_metrics();
+        if gzip { gzip_bytes(&text) } else { Ok(text) }
+    })
+    .await;
+    let body = match rendered {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => {
+            error!(error = %e, "compressing /metrics failed");
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "compression failed\n");
+        }
+        Err(e) => {
+            error!(error = %e, "rendering /metrics panicked");
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n");
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(METRICS_CONTENT_TYPE),
+    );
+    headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    if gzip {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    response
+}
+
+fn gzip_bytes(data: &[u8]) -> io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    // Fast level: exposition text compresses well anyway, and at 100k groups the default level
+    // would cost more CPU than rendering.
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 8),
+        flate2::Compression::fast(),
+    );
+    encoder.write_all(data)?;
+    encoder.finish()
+}
+
+/// Whether `Accept-Encoding` allows gzip: listed (or `*`) with a q-value above zero.
+pub fn accepts_gzip(headers: &http::HeaderMap) -> bool {
+    let mut gzip_q = None;
+    let mut star_q = None;
+    for value in headers.get_all(header::ACCEPT_ENCODING) {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            let mut q = 1.0_f32;
+            for param in parts {
+                if let Some((k, v)) = param.split_once('=') {
+                    if k.trim().eq_ignore_ascii_case("q") {
+                        // An unparseable q-value is treated as "not acceptable".
+                        q = v.trim().parse().unwrap_or(0.0);
+                    }
+                }
+            }
+            if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                gzip_q = Some(q);
+            } else if coding == "*" {
+                star_q = Some(q);
+            }
+        }
+    }
+    gzip_q.or(star_q).is_some_and(|q| q > 0.0)
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn html(body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+/// A HEAD answer: the GET headers (with the GET body's length) and no body.
+fn without_body(response: Response<Body>) -> Response<Body> {
+    use hyper::body::Body as _;
+    let (mut parts, body) = response.into_parts();
+    if let Some(len) = body.size_hint().exact() {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+fn landing_page() -> String {
+    format!(
+        r#"<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>timattr_exporter</title></head>
+<body>
+<h1>timattr_exporter</h1>
+<p>Prometheus exporter for Tencent Cloud Chat group custom attributes.</p>
+<p>Version: {version}</p>
+<ul>
+<li><a href="metrics">Metrics</a></li>
+<li><a href="-/healthy">Health</a></li>
+<li><a href="-/ready">Readiness</a></li>
+</ul>
+</body>
+</html>
+"#,
+        version = crate::VERSION
+    )
+}
+
+/// exporter-toolkit's `rate_limit`: one token bucket for the whole server. The bucket survives
+/// web config re-reads and starts over when the limit in the file changes.
+#[derive(Default)]
+struct RateLimiter {
+    state: Mutex<Option<(RateLimit, f64, Instant)>>,
+}
+
+impl RateLimiter {
+    fn allow(&self, limit: Option<RateLimit>) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(limit) = limit else {
+            *state = None;
+            return true;
+        };
+        let now = Instant::now();
+        let burst = f64::from(limit.burst);
+        let (tokens, last) = match *state {
+            Some((current, tokens, last)) if current == limit => (tokens, last),
+            _ => (burst, now),
+        };
+        let refill = now.duration_since(last).as_secs_f64() / limit.interval.as_secs_f64();
+        let tokens = (tokens + refill).min(burst);
+        let (allowed, tokens) = if tokens >= 1.0 {
+            (true, tokens - 1.0)
+        } else {
+            (false, tokens)
+        };
+        *state = Some((limit, tokens, now));
+        allowed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ae(value: &'static str) -> bool {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(value));
+        accepts_gzip(&h)
+    }
+
+    #[test]
+    fn gzip_negotiation() {
+        assert!(!accepts_gzip(&http::HeaderMap::new()));
+        assert!(ae("gzip"));
+        assert!(ae("GZIP"));
+        assert!(ae("deflate, gzip;q=0.5"));
+        assert!(ae("x-gzip"));
+        assert!(ae("*"));
+        assert!(!ae("gzip;q=0"));
+        assert!(!ae("gzip; q=0.0"));
+        assert!(!ae("identity"));
+        assert!(!ae("*;q=0"));
+        assert!(!ae("gzip;q=0, *"), "an explicit gzip entry wins over *");
+        assert!(ae("gzip;q=1, *;q=0"));
+        assert!(!ae("gzip;q=bogus"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limiter_refills_one_token_per_interval() {
+        let limiter = RateLimiter::default();
+        let limit = Some(RateLimit {
+            interval: Duration::from_secs(1),
+            burst: 2,
+        });
+        assert!(limiter.allow(limit));
+        assert!(limiter.allow(limit));
+        assert!(!limiter.allow(limit));
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert!(limiter.allow(limit));
+        assert!(!limiter.allow(limit));
+        assert!(limiter.allow(None), "no limit configured");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_waits_for_in_flight_requests() {
+        let activity = Arc::new(Activity::new());
+        let busy = activity.begin();
+        let idle = activity.idle_for(Duration::from_secs(5));
+        tokio::pin!(idle);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(30), idle.as_mut())
+                .await
+                .is_err(),
+            "a request in flight keeps the connection"
+        );
+        drop(busy);
+        let start = Instant::now();
+        idle.await;
+        assert!(start.elapsed() >= Duration::from_secs(5));
+    }
+}

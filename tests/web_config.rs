@@ -1,0 +1,328 @@
+//! `web_config::load`: every bad file gets an error that names the file and says what is wrong;
+//! good files (including exporter-toolkit's optional keys) load.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
+use timattr_exporter::web_config::{self, RateLimit, WebConfigError};
+
+/// A directory with a CA, a server certificate and key, and a `web.yml` to fill in.
+struct Files {
+    dir: tempfile::TempDir,
+    cert: String,
+    key: String,
+}
+
+impl Files {
+    fn new() -> Files {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &ca).unwrap().pem();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("server.crt"), &cert).unwrap();
+        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ca.pem()).unwrap();
+        Files {
+            dir,
+            cert,
+            key: key.serialize_pem(),
+        }
+    }
+
+    fn load(&self, yaml: &str) -> Result<web_config::WebConfig, WebConfigError> {
+        let path = self.dir.path().join("web.yml");
+        std::fs::write(&path, yaml).unwrap();
+        web_config::load(&path)
+    }
+
+    fn error(&self, yaml: &str) -> String {
+        match self.load(yaml) {
+            Ok(c) => panic!("expected an error for:\n{yaml}\ngot {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+}
+
+const TLS: &str = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
+
+#[test]
+fn bad_files_are_reported_clearly() {
+    let files = Files::new();
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let cases: &[(&str, String, &[&str])] = &[
+        (
+            "unknown top-level key",
+            "tls_config:\n  cert_file: x\n".into(),
+            &["unknown field `tls_config`", "tls_server_config"],
+        ),
+        (
+            "unknown TLS key",
+            format!("{TLS}  certfile: server.crt\n"),
+            &["unknown field `certfile`"],
+        ),
+        (
+            "unknown http key",
+            "http_server_config:\n  http3: true\n".into(),
+            &["unknown field `http3`"],
+        ),
+        (
+            "missing cert file",
+            "tls_server_config:\n  cert_file: missing.crt\n  key_file: server.key\n".into(),
+            &["tls_server_config.cert_file: cannot read", "missing.crt"],
+        ),
+        (
+            "missing key",
+            "tls_server_config:\n  cert_file: server.crt\n".into(),
+            &["key_file (or key) is required"],
+        ),
+        (
+            "not a certificate",
+            "tls_server_config:\n  cert_file: server.key\n  key_file: server.key\n".into(),
+            &["no PEM CERTIFICATE block"],
+        ),
+        (
+            "not a key",
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.crt\n".into(),
+            &["no usable private key"],
+        ),
+        (
+            "bad bcrypt hash",
+            "basic_auth_users:\n  alice: plaintext-password\n".into(),
+            &["basic_auth_users.alice: not a bcrypt hash"],
+        ),
+        (
+            "bad min version",
+            format!("{TLS}  min_version: TLS14\n"),
+            &["min_version: unknown TLS version \"TLS14\""],
+        ),
+        (
+            "bad max version",
+            format!("{TLS}  max_version: SSL3\n"),
+            &["max_version: unknown TLS version \"SSL3\""],
+        ),
+        (
+            "max below what rustls speaks",
+            format!("{TLS}  min_version: TLS10\n  max_version: TLS11\n"),
+            &["max_version: TLS11 leaves no version"],
+        ),
+        (
+            "min above max",
+            format!("{TLS}  min_version: TLS13\n  max_version: TLS12\n"),
+            &["min_version TLS13 is above max_version TLS12"],
+        ),
+        (
+            "unverified client certs",
+            format!("{TLS}  client_auth_type: RequireAnyClientCert\n  client_ca_file: ca.crt\n"),
+            &["RequireAnyClientCert is not supported"],
+        ),
+        (
+            "unknown client auth type",
+            format!("{TLS}  client_auth_type: Sometimes\n"),
+            &["client_auth_type: unknown value \"Sometimes\""],
+        ),
+        (
+            "verification without a CA",
+            format!("{TLS}  client_auth_type: RequireAndVerifyClientCert\n"),
+            &["RequireAndVerifyClientCert needs client_ca_file"],
+        ),
+        (
+            "a CA without verification",
+            format!("{TLS}  client_ca_file: ca.crt\n"),
+            &["client_ca_file is set but client_auth_type is NoClientCert"],
+        ),
+        (
+            "client_allowed_sans",
+            format!(
+                "{TLS}  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  client_allowed_sans: [scraper]\n"
+            ),
+            &["client_allowed_sans: not supported"],
+        ),
+        (
+            "inline and file together",
+            format!("{TLS}  cert: |\n    x\n"),
+            &["either cert or cert_file, not both"],
+        ),
+        (
+            "cipher suite rustls lacks",
+            format!("{TLS}  cipher_suites: [TLS_RSA_WITH_AES_128_CBC_SHA]\n"),
+            &[
+                "cipher_suites: \"TLS_RSA_WITH_AES_128_CBC_SHA\" is not supported",
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            ],
+        ),
+        (
+            "curve rustls lacks",
+            format!("{TLS}  curve_preferences: [CurveP521]\n"),
+            &["curve_preferences: \"CurveP521\" is not supported"],
+        ),
+        (
+            "header not allowed",
+            "http_server_config:\n  headers:\n    Server: nginx\n".into(),
+            &["headers: \"Server\" cannot be configured"],
+        ),
+        (
+            "header value not allowed",
+            "http_server_config:\n  headers:\n    X-Frame-Options: allow-from\n".into(),
+            &["headers.X-Frame-Options: invalid value \"allow-from\""],
+        ),
+        (
+            "bad rate limit",
+            "rate_limit:\n  interval: soon\n  burst: 1\n".into(),
+            &["rate_limit.interval: \"soon\" is not a duration"],
+        ),
+        (
+            "rate limit without burst",
+            "rate_limit:\n  interval: 1s\n".into(),
+            &["rate_limit.burst: must be at least 1"],
+        ),
+        ("not YAML", "tls_server_config: [\n".into(), &["web.yml"]),
+        (
+            "every problem at once",
+            format!(
+                "tls_server_config:\n  cert_file: gone.crt\n  key_file: server.key\n  min_version: TLS9\nbasic_auth_users:\n  ok: '{hash}'\n  bad: nope\n"
+            ),
+            &[
+                "gone.crt",
+                "unknown TLS version \"TLS9\"",
+                "basic_auth_users.bad: not a bcrypt hash",
+            ],
+        ),
+    ];
+    for (name, yaml, needles) in cases {
+        let error = files.error(yaml);
+        assert!(
+            error.starts_with("web config ") && error.contains("web.yml"),
+            "{name}: the error names the file: {error}"
+        );
+        for needle in *needles {
+            assert!(error.contains(needle), "{name}: {error:?} lacks {needle:?}");
+        }
+    }
+}
+
+#[test]
+fn a_missing_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = web_config::load(&dir.path().join("nope.yml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("nope.yml") && error.contains("cannot read"),
+        "{error}"
+    );
+}
+
+#[test]
+fn good_files_load() {
+    let files = Files::new();
+
+    let empty = files.load("").unwrap();
+    assert!(empty.tls().is_none() && !empty.requires_basic_auth());
+    assert!(empty.rate_limit().is_none());
+
+    let tls = files.load(TLS).unwrap();
+    let config = tls.tls().expect("TLS configured");
+    assert!(tls.http2());
+    assert_eq!(
+        config.alpn_protocols,
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    );
+    assert!(
+        config.ignore_client_order,
+        "prefer_server_cipher_suites defaults to true"
+    );
+
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let everything = files
+        .load(&format!(
+            "{TLS}  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  min_version: TLS10\n  max_version: TLS13\n  cipher_suites:\n    - TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256\n    - TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305\n    - TLS_AES_128_GCM_SHA256\n  prefer_server_cipher_suites: false\n  curve_preferences: [X25519, CurveP256]\nhttp_server_config:\n  http2: false\n  headers:\n    X-Frame-Options: sameorigin\n    X-Content-Type-Options: nosniff\n    Strict-Transport-Security: max-age=31536000\nbasic_auth_users:\n  alice: '{hash}'\nrate_limit:\n  interval: 100ms\n  burst: 5\n"
+        ))
+        .unwrap();
+    let config = everything.tls().unwrap();
+    assert!(!config.ignore_client_order);
+    assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    assert!(!everything.http2());
+    assert!(everything.requires_basic_auth());
+    assert_eq!(everything.headers()["x-frame-options"], "sameorigin");
+    assert_eq!(everything.headers().len(), 3);
+    assert_eq!(
+        everything.rate_limit(),
+        Some(RateLimit {
+            interval: std::time::Duration::from_millis(100),
+            burst: 5
+        })
+    );
+    let debug = format!("{everything:?}");
+    assert!(debug.contains("alice") && !debug.contains(&hash), "{debug}");
+
+    // Inline PEM instead of files.
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let inline = files
+        .load(&format!(
+            "tls_server_config:\n  cert: |\n{}  key: |\n{}",
+            indent(&files.cert),
+            indent(&files.key)
+        ))
+        .unwrap();
+    assert!(inline.tls().is_some());
+
+    // A zero interval disables the rate limit, as in exporter-toolkit.
+    let off = files
+        .load("rate_limit:\n  interval: 0s\n  burst: 0\n")
+        .unwrap();
+    assert!(off.rate_limit().is_none());
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_directory() {
+    let files = Files::new();
+    std::fs::write(files.dir.path().join("web.yml"), TLS).unwrap();
+    // Loaded from a path in another directory than the process's working directory.
+    assert_ne!(std::env::current_dir().unwrap(), files.dir.path());
+    assert!(
+        web_config::load(&files.dir.path().join("web.yml"))
+            .unwrap()
+            .tls()
+            .is_some()
+    );
+    let nested = files.dir.path().join("conf");
+    std::fs::create_dir(&nested).unwrap();
+    std::fs::write(
+        nested.join("web.yml"),
+        "tls_server_config:\n  cert_file: ../server.crt\n  key_file: ../server.key\n",
+    )
+    .unwrap();
+    assert!(web_config::load(&nested.join("web.yml")).is_ok());
+}
+
+#[test]
+fn source_reloads_only_on_change() {
+    let files = Files::new();
+    let path = files.dir.path().join("web.yml");
+    std::fs::write(&path, TLS).unwrap();
+    let source = web_config::WebConfigSource::new(&path);
+    let a = source.load().unwrap();
+    let b = source.load().unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&a, &b),
+        "unchanged files reuse the built config"
+    );
+    std::fs::write(&path, format!("{TLS}  min_version: TLS13\n")).unwrap();
+    let c = source.load().unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&a, &c));
+    std::fs::write(&path, "bogus: 1\n").unwrap();
+    assert!(
+        source.load().is_err(),
+        "a broken file is an error, not the cached config"
+    );
+}
