@@ -623,6 +623,31 @@ fn dashboard_ranges_use_rate_interval() {
     }
 }
 
+/// promtool parses every panel query: each becomes a recording rule of a throwaway rule file,
+/// with Grafana's variables replaced by values.
+#[test]
+fn promtool_parses_every_dashboard_query() {
+    let mut rules = Vec::new();
+    for (i, p) in panels(&dashboard()).iter().enumerate() {
+        for (j, t) in p["targets"].as_array().into_iter().flatten().enumerate() {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap_or_default()
+                .replace("$__rate_interval", "5m")
+                .replace("$sdkappid", ".*")
+                .replace("$group_id", ".*");
+            rules.push(serde_json::json!({"record": format!("dashboard:panel{i}:target{j}"), "expr": expr}));
+        }
+    }
+    let file = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("dashboard_queries.yml");
+    // JSON is YAML: promtool reads it as a rule file.
+    std::fs::write(&path, file.to_string()).expect("write the rule file");
+    let path = path.to_str().expect("a UTF-8 temporary path");
+    run_tool("promtool", &["check", "rules", path], dir.path());
+}
+
 #[test]
 fn dashboard_covers_the_required_views() {
     let exprs: Vec<String> = panels(&dashboard())
