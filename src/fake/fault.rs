@@ -165,13 +165,19 @@ mod tests {
         assert_eq!(got.iter().filter(|i| **i == Injected::None).count(), 4);
     }
 
+    fn yaml(s: &str) -> Result<Fault, serde_yaml::Error> {
+        serde_yaml::with::singleton_map_recursive::deserialize(serde_yaml::Deserializer::from_str(
+            s,
+        ))
+    }
+
     #[test]
     fn faults_read_as_yaml_and_json() {
-        let f: Fault = serde_yaml::from_str("hang").unwrap();
+        let f: Fault = yaml("hang").unwrap();
         assert_eq!(f, Fault::Hang);
-        let f: Fault = serde_yaml::from_str("latency: 1500ms").unwrap();
+        let f: Fault = yaml("latency: 1500ms").unwrap();
         assert_eq!(f, Fault::Latency(Duration::from_millis(1500)));
-        let f: Fault = serde_yaml::from_str("{intermittent: {code: 10002, every: 3}}").unwrap();
+        let f: Fault = yaml("{intermittent: {code: 10002, every: 3}}").unwrap();
         assert_eq!(
             f,
             Fault::Intermittent {
@@ -183,7 +189,7 @@ mod tests {
         assert_eq!(f, Fault::HttpStatus(502));
         let f: Fault = serde_json::from_str(r#"{"latency":"2s"}"#).unwrap();
         assert_eq!(f, Fault::Latency(Duration::from_secs(2)));
-        assert!(serde_yaml::from_str::<Fault>("explode").is_err());
+        assert!(yaml("explode").is_err());
         let json = serde_json::to_string(&Fault::OversizedBody(10)).unwrap();
         assert_eq!(json, r#"{"oversized_body":10}"#);
     }

@@ -363,6 +363,11 @@ struct RawEvent {
     clear_attrs: Option<bool>,
     destroy: Option<bool>,
     create: Option<GroupType>,
+    /// serde_yaml writes enums as `!tag value`; read the `{variant: value}` form people write.
+    #[serde(
+        default,
+        deserialize_with = "serde_yaml::with::singleton_map_recursive::deserialize"
+    )]
     fault: Option<Fault>,
     clear_fault: Option<bool>,
     rotate_key: Option<String>,
