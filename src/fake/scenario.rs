@@ -164,7 +164,7 @@ impl Scenario {
     pub fn from_yaml(text: &str) -> Result<Scenario, ScenarioError> {
         let raw: RawScenario = serde_yaml::from_str(text).map_err(|e| {
             let mut msg = e.to_string();
-            if msg.contains("cannot start any plain scalar") {
+            if msg.contains("cannot start any") {
                 msg.push_str(" (group IDs starting with @ must be quoted in YAML)");
             }
             ScenarioError {
