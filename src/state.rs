@@ -911,3 +911,813 @@ pub fn write_state_file(path: &Path, persisted: &Persisted) -> std::io::Result<(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::process::{Command, Stdio};
+
+    fn attrs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// `sha256sum | cut -c1-12` of `input`, parsed: the SPEC's own definition of the hash.
+    fn sha256sum48(input: &[u8]) -> u64 {
+        let mut child = Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sha256sum (coreutils) is installed");
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(input)
+            .expect("sha256sum reads its input");
+        let out = child.wait_with_output().expect("sha256sum runs");
+        assert!(out.status.success());
+        let hex = std::str::from_utf8(&out.stdout[..12]).expect("hex digits");
+        u64::from_str_radix(hex, 16).expect("hex digits")
+    }
+
+    /// The rendered samples, as `name{labels}` → value.
+    fn series(store: &Store, vh: ValueHashes) -> BTreeMap<String, String> {
+        let mut out = String::new();
+        store.render(&mut out, vh);
+        out.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (k, v) = l.rsplit_once(' ').expect("a sample line has a value");
+                (k.to_string(), v.to_string())
+            })
+            .collect()
+    }
+
+    fn get(s: &BTreeMap<String, String>, name: &str, labels: &str) -> Option<String> {
+        s.get(&format!("{name}{{{labels}}}")).cloned()
+    }
+
+    const G: &str = "sdkappid=\"1\",group_id=\"g\"";
+
+    fn changes(s: &BTreeMap<String, String>) -> [u64; 3] {
+        CHANGE_KINDS.map(|kind| {
+            get(
+                s,
+                "timattr_group_attribute_changes_total",
+                &format!("{G},change=\"{kind}\""),
+            )
+            .expect("change counter exists")
+            .parse()
+            .expect("integer")
+        })
+    }
+
+    fn store_with(groups: &[&str]) -> Store {
+        let store = Store::new();
+        let ids: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        store.set_assigned(1, &ids);
+        store
+    }
+
+    #[test]
+    fn hash48_matches_sha256sum() {
+        for value in [
+            "",
+            "v1",
+            "héllo wörld 世界 🎉",
+            "a\nb\"c\\d",
+            &"x".repeat(4000),
+        ] {
+            assert_eq!(
+                hash48(value.as_bytes()),
+                sha256sum48(value.as_bytes()),
+                "{value:?}"
+            );
+        }
+        assert_eq!(hash48(b""), 0xe3b0_c442_98fc);
+        assert!(hash48(b"anything") <= HASH48_MAX);
+    }
+
+    #[test]
+    fn set_hash_matches_sha256sum_of_sorted_pairs() {
+        // Given out of order: the hash sorts by key.
+        let set = attrs(&[("b", "x y"), ("a", "1")]);
+        assert_eq!(set_hash(&set), 0x3ec0_b72d_a1c0);
+        assert_eq!(set_hash(&set), sha256sum48(b"a=1\nb=x y\n"));
+        // Bytewise order: "B" (0x42) < "a" (0x61) < "é" (0xc3..).
+        let set = attrs(&[("é", "3"), ("a", ""), ("B", "2")]);
+        assert_eq!(set_hash(&set), sha256sum48("B=2\na=\né=3\n".as_bytes()));
+        assert_eq!(set_hash(&[]), hash48(b""));
+    }
+
+    #[test]
+    fn first_success_is_the_baseline_then_changes_are_counted() {
+        let store = store_with(&["g"]);
+        assert_eq!(
+            store.apply(
+                1,
+                "g",
+                PollResult::Attributes(&attrs(&[("a", "1"), ("b", "2")])),
+                100.0
+            ),
+            None
+        );
+        let s = series(&store, ValueHashes::PerKey);
+        assert_eq!(changes(&s), [0, 0, 0]);
+        assert_eq!(
+            get(&s, "timattr_group_last_change_timestamp_seconds", G).as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            get(&s, "timattr_group_last_success_timestamp_seconds", G).as_deref(),
+            Some("100")
+        );
+        assert_eq!(get(&s, "timattr_group_attributes", G).as_deref(), Some("2"));
+        assert_eq!(
+            get(&s, "timattr_group_attributes_bytes", G).as_deref(),
+            Some("2")
+        );
+
+        // Same set: nothing counted, last success moves.
+        let same = attrs(&[("a", "1"), ("b", "2")]);
+        assert_eq!(
+            store.apply(1, "g", PollResult::Attributes(&same), 110.5),
+            None
+        );
+        let s = series(&store, ValueHashes::PerKey);
+        assert_eq!(changes(&s), [0, 0, 0]);
+        assert_eq!(
+            get(&s, "timattr_group_last_success_timestamp_seconds", G).as_deref(),
+            Some("110.5")
+        );
+
+        // Add c, remove a, modify b.
+        let next = attrs(&[("b", "22"), ("c", "3")]);
+        let got = store.apply(1, "g", PollResult::Attributes(&next), 120.0);
+        assert_eq!(
+            got,
+            Some(Changes {
+                added: vec!["c".into()],
+                removed: vec!["a".into()],
+                modified: vec!["b".into()],
+            })
+        );
+        // Clear everything: two removed.
+        let got = store.apply(1, "g", PollResult::Attributes(&[]), 130.0);
+        assert_eq!(got.map(|c| c.removed.len()), Some(2));
+        // Add three.
+        let three = attrs(&[("x", "1"), ("y", "2"), ("z", "3")]);
+        assert!(
+            store
+                .apply(1, "g", PollResult::Attributes(&three), 140.0)
+                .is_some()
+        );
+        let s = series(&store, ValueHashes::PerKey);
+        assert_eq!(changes(&s), [4, 3, 1]);
+        assert_eq!(
+            get(&s, "timattr_group_last_change_timestamp_seconds", G).as_deref(),
+            Some("140")
+        );
+        assert_eq!(get(&s, "timattr_group_attributes", G).as_deref(), Some("3"));
+        assert_eq!(
+            get(&s, "timattr_group_attributes_hash", G),
+            Some(set_hash(&three).to_string())
+        );
+        assert_eq!(
+            get(
+                &s,
+                "timattr_group_attribute_value_hash",
+                &format!("{G},key=\"y\"")
+            ),
+            Some(hash48(b"2").to_string())
+        );
+    }
+
+    #[test]
+    fn duplicate_or_unsorted_keys_are_normalised() {
+        let store = store_with(&["g"]);
+        let messy = attrs(&[("b", "old"), ("a", "1"), ("b", "2")]);
+        store.apply(1, "g", PollResult::Attributes(&messy), 1.0);
+        let s = series(&store, ValueHashes::PerKey);
+        assert_eq!(get(&s, "timattr_group_attributes", G).as_deref(), Some("2"));
+        assert_eq!(
+            get(&s, "timattr_group_attributes_hash", G),
+            Some(set_hash(&attrs(&[("a", "1"), ("b", "2")])).to_string())
+        );
+    }
+
+    #[test]
+    fn series_appear_with_the_first_poll() {
+        let store = store_with(&["g", "h"]);
+        let s = series(&store, ValueHashes::PerKey);
+        assert_eq!(get(&s, "timattr_group_up", G), None);
+        assert_eq!(
+            get(&s, "timattr_groups", "sdkappid=\"1\"").as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            get(
+                &s,
+                "timattr_groups_by_error_code",
+                "sdkappid=\"1\",error_code=\"0\""
+            )
+            .as_deref(),
+            Some("0")
+        );
+
+        store.apply(1, "g", PollResult::NoAnswer, 1.0);
+        store.apply(1, "h", PollResult::ApiError(10002), 1.0);
+        let s = series(&store, ValueHashes::PerKey);
+        assert_eq!(get(&s, "timattr_group_up", G).as_deref(), Some("0"));
+        assert_eq!(
+            get(&s, "timattr_group_error_code", G).as_deref(),
+            Some("-1")
+        );
+        // No attribute series before a success.
+        assert_eq!(get(&s, "timattr_group_attributes", G), None);
+        assert!(
+            !s.keys()
+                .any(|k| k.starts_with("timattr_group_attribute_changes_total"))
+        );
+        for (code, n) in [("-1", "1"), ("0", "0"), ("10002", "1")] {
+            assert_eq!(
+                get(
+                    &s,
+                    "timattr_groups_by_error_code",
+                    &format!("sdkappid=\"1\",error_code=\"{code}\"")
+                )
+                .as_deref(),
+                Some(n)
+            );
+        }
+    }
+
+    #[test]
+    fn gone_groups_lose_attribute_series_and_come_back_as_a_fresh_baseline() {
+        let store = store_with(&["g"]);
+        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "1")])), 1.0);
+        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "2")])), 2.0);
+        for code in [10007, 10010, 10015] {
+            store.apply(1, "g", PollResult::ApiError(code), 3.0);
+            let s = series(&store, ValueHashes::PerKey);
+            assert_eq!(get(&s, "timattr_group_up", G).as_deref(), Some("0"));
+            assert_eq!(
+                get(&s, "timattr_group_error_code", G),
+                Some(code.to_string())
+            );
+            assert!(
+                s.keys().all(|k| !k.starts_with("timattr_group_attribute")
+                    && !k.starts_with("timattr_group_last_")),
+                "{code}: {s:?}"
+            );
+            // Back: a fresh baseline, counters from 0, whatever the set now is.
+            let got = store.apply(1, "g", PollResult::Attributes(&attrs(&[("z", "9")])), 4.0);
+            assert_eq!(got, None);
+            let s = series(&store, ValueHashes::PerKey);
+            assert_eq!(changes(&s), [0, 0, 0]);
+            assert_eq!(get(&s, "timattr_group_up", G).as_deref(), Some("1"));
+        }
+    }
+
+    #[test]
+    fn transient_failures_keep_attribute_series() {
+        let store = store_with(&["g"]);
+        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "1")])), 1.0);
+        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "2")])), 2.0);
+        let before = series(&store, ValueHashes::PerKey);
+        for result in [
+            PollResult::NoAnswer,
+            PollResult::ApiError(10002),
+            PollResult::ApiError(60007),
+            PollResult::ApiError(70001),
+        ] {
+            store.apply(1, "g", result, 3.0);
+            let s = series(&store, ValueHashes::PerKey);
+            assert_eq!(get(&s, "timattr_group_up", G).as_deref(), Some("0"));
+            for (k, v) in &before {
+                if !k.starts_with("timattr_group_up")
+                    && !k.starts_with("timattr_group_error_code")
+                    && !k.starts_with("timattr_groups_by_error_code")
+                {
+                    assert_eq!(s.get(k), Some(v), "{result:?} {k}");
+                }
+            }
+        }
+        // And the next success diffs against the last successful poll.
+        let got = store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "3")])), 4.0);
+        assert_eq!(got.map(|c| c.modified), Some(vec!["a".to_string()]));
+    }
+
+    #[test]
+    fn a_seeded_snapshot_is_diffed_once() {
+        let old = store_with(&["g", "h"]);
+        old.apply(
+            1,
+            "g",
+            PollResult::Attributes(&attrs(&[("a", "1"), ("b", "2")])),
+            1.0,
+        );
+        old.apply(1, "h", PollResult::Attributes(&attrs(&[("k", "v")])), 1.0);
+        let persisted = old.persisted();
+
+        let store = Store::new();
+        store.seed_from(persisted);
+        store.set_assigned(1, &["g".to_string(), "h".to_string()]);
+        // Changed while down: counted once at the first poll.
+        let got = store.apply(
+            1,
+            "g",
+            PollResult::Attributes(&attrs(&[("a", "1"), ("c", "3")])),
+            50.0,
+        );
+        assert_eq!(
+            got,
+            Some(Changes {
+                added: vec!["c".into()],
+                removed: vec!["b".into()],
+                modified: vec![],
+            })
+        );
+        let same = attrs(&[("a", "1"), ("c", "3")]);
+        assert_eq!(
+            store.apply(1, "g", PollResult::Attributes(&same), 60.0),
+            None
+        );
+        let s = series(&store, ValueHashes::PerKey);
+        assert_eq!(changes(&s), [1, 1, 0]);
+        assert_eq!(
+            get(&s, "timattr_group_last_change_timestamp_seconds", G).as_deref(),
+            Some("50")
+        );
+        // Unchanged while down: nothing counted.
+        assert_eq!(
+            store.apply(1, "h", PollResult::Attributes(&attrs(&[("k", "v")])), 50.0),
+            None
+        );
+    }
+
+    #[test]
+    fn a_seed_survives_failures_until_the_first_success_but_not_a_deletion() {
+        let old = store_with(&["g"]);
+        old.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "1")])), 1.0);
+        let persisted = old.persisted();
+
+        let store = store_with(&["g"]);
+        store.seed_from(persisted.clone());
+        store.apply(1, "g", PollResult::NoAnswer, 2.0);
+        assert_eq!(
+            store.persisted(),
+            persisted,
+            "a pending seed is written back"
+        );
+        let got = store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "2")])), 3.0);
+        assert!(got.is_some());
+
+        let store = store_with(&["g"]);
+        store.seed_from(persisted);
+        store.apply(1, "g", PollResult::ApiError(10010), 2.0);
+        assert!(store.persisted().apps.is_empty());
+        assert_eq!(
+            store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "2")])), 3.0),
+            None
+        );
+    }
+
+    #[test]
+    fn set_assigned_keeps_staying_groups_and_drops_the_others() {
+        let store = store_with(&["g", "h"]);
+        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "1")])), 1.0);
+        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "2")])), 2.0);
+        store.apply(1, "h", PollResult::Attributes(&attrs(&[("a", "1")])), 1.0);
+        let gen_before = store.generation();
+        store.set_assigned(1, &["g".to_string(), "new".to_string()]);
+        assert_ne!(
+            store.generation(),
+            gen_before,
+            "dropping a snapshot changes the state file"
+        );
+        let s = series(&store, ValueHashes::PerKey);
+        assert_eq!(changes(&s), [0, 0, 1]);
+        assert!(s.keys().all(|k| !k.contains("group_id=\"h\"")));
+        assert!(s.keys().all(|k| !k.contains("group_id=\"new\"")));
+        assert_eq!(
+            get(&s, "timattr_groups", "sdkappid=\"1\"").as_deref(),
+            Some("2")
+        );
+        // A late result for a dropped group is ignored.
+        assert_eq!(store.apply(1, "h", PollResult::Attributes(&[]), 3.0), None);
+        assert!(
+            series(&store, ValueHashes::PerKey)
+                .keys()
+                .all(|k| !k.contains("group_id=\"h\""))
+        );
+        assert!(!store.persisted().apps[&1].contains_key("h"));
+
+        store.remove_app(1);
+        assert!(series(&store, ValueHashes::PerKey).is_empty());
+        assert_eq!(store.apply(1, "g", PollResult::NoAnswer, 4.0), None);
+    }
+
+    #[test]
+    fn generation_moves_only_when_the_state_file_would_change() {
+        let store = store_with(&["g"]);
+        let g0 = store.generation();
+        store.apply(1, "g", PollResult::NoAnswer, 1.0);
+        assert_eq!(store.generation(), g0);
+        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "1")])), 1.0);
+        let g1 = store.generation();
+        assert_ne!(g1, g0);
+        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "1")])), 2.0);
+        store.apply(1, "g", PollResult::ApiError(10002), 3.0);
+        assert_eq!(store.generation(), g1);
+        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "2")])), 4.0);
+        assert_ne!(store.generation(), g1);
+    }
+
+    #[test]
+    fn value_hashes_setting_controls_hash_series() {
+        let store = store_with(&["g"]);
+        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "1")])), 1.0);
+        let has = |vh, name: &str| {
+            series(&store, vh)
+                .keys()
+                .any(|k| k.starts_with(&format!("{name}{{")))
+        };
+        assert!(has(
+            ValueHashes::PerKey,
+            "timattr_group_attribute_value_hash"
+        ));
+        assert!(has(ValueHashes::PerKey, "timattr_group_attributes_hash"));
+        assert!(!has(
+            ValueHashes::PerGroup,
+            "timattr_group_attribute_value_hash"
+        ));
+        assert!(has(ValueHashes::PerGroup, "timattr_group_attributes_hash"));
+        assert!(!has(ValueHashes::Off, "timattr_group_attributes_hash"));
+        assert!(has(ValueHashes::Off, "timattr_group_attributes"));
+    }
+
+    #[test]
+    fn labels_are_escaped_and_output_is_sorted() {
+        let store = Store::new();
+        store.set_assigned(2, &["b".to_string(), "a\"\\\nz".to_string()]);
+        store.set_assigned(1, &["c".to_string()]);
+        store.apply(
+            2,
+            "a\"\\\nz",
+            PollResult::Attributes(&attrs(&[("k\"\n\\", "v")])),
+            1.0,
+        );
+        store.apply(2, "b", PollResult::NoAnswer, 1.0);
+        store.apply(1, "c", PollResult::NoAnswer, 1.0);
+        let mut out = String::new();
+        store.render(&mut out, ValueHashes::PerKey);
+        assert!(
+            out.contains(r#"group_id="a\"\\\nz",key="k\"\n\\"}"#),
+            "{out}"
+        );
+        let ups: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("timattr_group_up{"))
+            .collect();
+        assert_eq!(
+            ups,
+            [
+                r#"timattr_group_up{sdkappid="1",group_id="c"} 0"#,
+                r#"timattr_group_up{sdkappid="2",group_id="a\"\\\nz"} 1"#,
+                r#"timattr_group_up{sdkappid="2",group_id="b"} 0"#,
+            ]
+        );
+        check_exposition(&out).expect("valid exposition");
+    }
+
+    #[test]
+    fn rendering_resumes_across_chunks() {
+        let ids: Vec<String> = (0..RENDER_CHUNK * 2 + 7)
+            .map(|i| format!("g{i:05}"))
+            .collect();
+        let store = Store::new();
+        store.set_assigned(1, &ids);
+        for id in &ids {
+            store.apply(1, id, PollResult::NoAnswer, 1.0);
+        }
+        let s = series(&store, ValueHashes::PerKey);
+        let ups = s
+            .keys()
+            .filter(|k| k.starts_with("timattr_group_up{"))
+            .count();
+        assert_eq!(ups, ids.len());
+        assert_eq!(
+            get(&s, "timattr_groups", "sdkappid=\"1\""),
+            Some(ids.len().to_string())
+        );
+    }
+
+    #[test]
+    fn state_file_round_trips_and_is_written_atomically() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.json");
+        let store = store_with(&["g", "h"]);
+        store.apply(
+            1,
+            "g",
+            PollResult::Attributes(&attrs(&[("a", "secret value"), ("b", "")])),
+            1.0,
+        );
+        store.apply(
+            1,
+            "g",
+            PollResult::Attributes(&attrs(&[("a", "secret value 2")])),
+            7.5,
+        );
+        store.apply(1, "h", PollResult::NoAnswer, 1.0);
+        let persisted = store.persisted();
+        write_state_file(&path, &persisted).expect("written");
+        // Overwrite works too, and leaves only the file itself.
+        write_state_file(&path, &persisted).expect("rewritten");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("listable")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["state.json"]);
+        let text = std::fs::read_to_string(&path).expect("readable");
+        assert!(
+            !text.contains("secret value"),
+            "values never reach the state file"
+        );
+        let back = read_state_file(&path).expect("valid");
+        assert_eq!(back, persisted);
+        let g = &back.apps[&1]["g"];
+        assert_eq!(g.attributes.len(), 1);
+        assert_eq!(g.attributes[0].hash, hash48(b"secret value 2"));
+        assert_eq!(g.attributes[0].bytes, 14);
+        assert_eq!(g.last_change_timestamp_seconds, 7.5);
+        assert!(!back.apps[&1].contains_key("h"));
+    }
+
+    #[test]
+    fn failed_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // The target is a non-empty directory: the rename fails after the temp file was written.
+        let path = dir.path().join("state.json");
+        std::fs::create_dir(&path).expect("dir");
+        std::fs::write(path.join("x"), b"x").expect("file");
+        assert!(write_state_file(&path, &Persisted::default()).is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("listable")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["state.json"]);
+    }
+
+    #[test]
+    fn bad_state_files_are_errors() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let valid = {
+            let store = store_with(&["g"]);
+            store.apply(
+                1,
+                "g",
+                PollResult::Attributes(&attrs(&[("a", "1"), ("b", "2")])),
+                1.0,
+            );
+            serde_json::to_string(&store.persisted()).expect("serialisable")
+        };
+        let cases: Vec<(&str, String)> = vec![
+            ("empty", String::new()),
+            ("truncated", valid[..valid.len() / 2].to_string()),
+            ("not json", "hello".into()),
+            (
+                "foreign version",
+                valid.replace("\"version\":1", "\"version\":2"),
+            ),
+            ("no version", r#"{"apps":{}}"#.into()),
+            (
+                "unknown field",
+                valid.replace("\"version\":1", "\"version\":1,\"x\":1"),
+            ),
+            (
+                "hash out of range",
+                valid.replace(
+                    &format!("\"hash\":{}", hash48(b"1")),
+                    "\"hash\":281474976710656",
+                ),
+            ),
+            (
+                "unsorted keys",
+                valid.replace("\"key\":\"a\"", "\"key\":\"c\""),
+            ),
+            ("bad app id", valid.replace("\"1\":", "\"x\":")),
+        ];
+        for (name, text) in cases {
+            assert_ne!(
+                text, valid,
+                "{name}: the case must differ from the valid file"
+            );
+            let path = dir.path().join(name);
+            std::fs::write(&path, &text).expect("written");
+            let err = read_state_file(&path).expect_err(name);
+            if name == "foreign version" {
+                assert!(
+                    matches!(err, StateFileError::Version { found: 2, .. }),
+                    "{err}"
+                );
+            }
+        }
+        let missing = read_state_file(&dir.path().join("missing")).expect_err("missing");
+        assert!(matches!(missing, StateFileError::Io { .. }));
+        let unreadable = read_state_file(dir.path()).expect_err("a directory");
+        assert!(matches!(unreadable, StateFileError::Io { .. }));
+        std::fs::write(dir.path().join("ok"), &valid).expect("written");
+        assert!(read_state_file(&dir.path().join("ok")).is_ok());
+    }
+
+    /// A checker for the text format as `/metrics` must produce it: every family has one HELP and
+    /// one TYPE before its samples, samples of a family are contiguous, label values are quoted
+    /// with only the three escapes, values parse as floats, and there are no timestamps.
+    pub(crate) fn check_exposition(text: &str) -> Result<(), String> {
+        let mut done: HashSet<String> = HashSet::new();
+        let mut current: Option<String> = None;
+        let mut typed = false;
+        for (n, line) in text.lines().enumerate() {
+            let err = |what: &str| Err(format!("line {}: {what}: {line:?}", n + 1));
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap_or_default().to_string();
+                if done.contains(&name) || current.as_deref() == Some(&name) {
+                    return err("second HELP");
+                }
+                if let Some(c) = current.take() {
+                    done.insert(c);
+                }
+                current = Some(name);
+                typed = false;
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut parts = rest.split(' ');
+                let name = parts.next().unwrap_or_default();
+                let kind = parts.next().unwrap_or_default();
+                if current.as_deref() != Some(name) || typed {
+                    return err("TYPE without its HELP");
+                }
+                if !["counter", "gauge", "histogram"].contains(&kind) {
+                    return err("unknown type");
+                }
+                typed = true;
+            } else {
+                let Some(family) = current.as_deref() else {
+                    return err("sample before any HELP");
+                };
+                if !typed {
+                    return err("sample before TYPE");
+                }
+                let (name, rest) = match line.find('{') {
+                    Some(i) => (&line[..i], &line[i..]),
+                    None => line.split_at(line.find(' ').unwrap_or(line.len())),
+                };
+                let base_ok = name == family
+                    || ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| name.strip_suffix(s) == Some(family));
+                if !base_ok {
+                    return err("sample outside its family");
+                }
+                let value = if let Some(labels) = rest.strip_prefix('{') {
+                    let mut chars = labels.char_indices().peekable();
+                    let end = loop {
+                        // name="value"
+                        let mut lname = String::new();
+                        for (_, c) in chars.by_ref() {
+                            if c == '=' {
+                                break;
+                            }
+                            lname.push(c);
+                        }
+                        if lname.is_empty()
+                            || !lname.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        {
+                            return err("bad label name");
+                        }
+                        if chars.next().map(|(_, c)| c) != Some('"') {
+                            return err("unquoted label value");
+                        }
+                        loop {
+                            match chars.next() {
+                                Some((_, '\\')) => match chars.next() {
+                                    Some((_, '\\' | '"' | 'n')) => {}
+                                    _ => return err("bad escape"),
+                                },
+                                Some((_, '"')) => break,
+                                Some((_, '\n')) => return err("raw newline"),
+                                Some(_) => {}
+                                None => return err("unterminated label value"),
+                            }
+                        }
+                        match chars.next() {
+                            Some((_, ',')) => continue,
+                            Some((i, '}')) => break i,
+                            _ => return err("bad label separator"),
+                        }
+                    };
+                    &labels[end + 1..]
+                } else {
+                    rest
+                };
+                let Some(value) = value.strip_prefix(' ') else {
+                    return err("no value");
+                };
+                if value.contains(' ') {
+                    return err("timestamp or trailing text");
+                }
+                let ok = matches!(value, "NaN" | "+Inf" | "-Inf") || value.parse::<f64>().is_ok();
+                if !ok {
+                    return err("bad value");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_exposition_checker_rejects_what_it_should() {
+        let head = "# HELP m h\n# TYPE m gauge\n";
+        assert!(check_exposition(&format!("{head}m{{a=\"x\\\"\"}} 1\n")).is_ok());
+        for bad in [
+            format!("{head}m{{a=\"x\\t\"}} 1\n"),
+            format!("{head}m{{a=\"x\"}} 1 1700000000\n"),
+            format!("{head}m{{a=x}} 1\n"),
+            format!("{head}n 1\n"),
+            format!("{head}m 1\n{head}"),
+            format!("{head}m one\n"),
+            "m 1\n".to_string(),
+        ] {
+            assert!(check_exposition(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Assign(Vec<u8>),
+        Poll(u8, Option<Vec<(String, String)>>, i64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let attr = ("[a-c\"\\\\\n é]{0,3}", "\\PC{0,8}");
+        prop_oneof![
+            proptest::collection::vec(0u8..6, 0..6).prop_map(Op::Assign),
+            (
+                0u8..6,
+                proptest::option::of(proptest::collection::vec(attr, 0..5)),
+                prop_oneof![Just(-1i64), Just(10010), Just(10002), Just(10007)],
+            )
+                .prop_map(|(g, a, c)| Op::Poll(g, a, c)),
+        ]
+    }
+
+    fn gid(g: u8) -> String {
+        ["a", "b\"", "c\\", "d\n", "é", "@TGS#x"][usize::from(g) % 6].to_string()
+    }
+
+    proptest! {
+        #[test]
+        fn rendered_random_states_are_valid_exposition(ops in proptest::collection::vec(op(), 0..40)) {
+            let store = Store::new();
+            store.set_assigned(7, &(0..6).map(gid).collect::<Vec<_>>());
+            for (t, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Assign(gs) => store.set_assigned(7, &gs.into_iter().map(gid).collect::<Vec<_>>()),
+                    Op::Poll(g, Some(a), _) => { store.apply(7, &gid(g), PollResult::Attributes(&a), t as f64); }
+                    Op::Poll(g, None, -1) => { store.apply(7, &gid(g), PollResult::NoAnswer, t as f64); }
+                    Op::Poll(g, None, code) => { store.apply(7, &gid(g), PollResult::ApiError(code), t as f64); }
+                }
+            }
+            for vh in [ValueHashes::PerKey, ValueHashes::PerGroup, ValueHashes::Off] {
+                let mut out = String::new();
+                store.render(&mut out, vh);
+                prop_assert!(check_exposition(&out).is_ok(), "{:?}\n{}", check_exposition(&out), out);
+            }
+            // The state file of any state reads back to itself.
+            let p = store.persisted();
+            let bytes = serde_json::to_vec(&p).expect("serialisable");
+            prop_assert_eq!(parse_state(&bytes).ok(), Some(p));
+        }
+
+        #[test]
+        fn parsing_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_state(&bytes);
+        }
+
+        #[test]
+        fn parsing_mangled_state_never_panics(cut in 0usize..400, byte in any::<u8>(), at in 0usize..400) {
+            let store = store_with(&["g", "h"]);
+            store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "1"), ("b", "2")])), 1.0);
+            store.apply(1, "h", PollResult::Attributes(&attrs(&[("c", "3")])), 1.0);
+            let mut bytes = serde_json::to_vec(&store.persisted()).expect("serialisable");
+            if at < bytes.len() { bytes[at] = byte; }
+            bytes.truncate(cut);
+            let _ = parse_state(&bytes);
+        }
+    }
+}
