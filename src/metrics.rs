@@ -458,3 +458,212 @@ impl ApiObserver for AppObserver {
             .set(expires_at as f64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn metrics() -> Metrics {
+        Metrics::new(BuildInfo {
+            version: "1.2.3",
+            revision: "abc".into(),
+            rustc: "1.85.0".into(),
+        })
+    }
+
+    fn text(m: &Metrics) -> String {
+        String::from_utf8(m.render(&Store::new(), ValueHashes::PerKey)).expect("UTF-8")
+    }
+
+    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+    }
+
+    #[test]
+    fn families_are_unique_and_well_named() {
+        let mut names = HashSet::new();
+        for (name, kind, help) in METRIC_FAMILIES {
+            assert!(names.insert(*name), "{name} twice");
+            assert!(name.starts_with("timattr_"), "{name}");
+            assert!(!help.is_empty() && !help.contains('\\') && !help.contains('\n'));
+            assert_eq!(*kind == "counter", name.ends_with("_total"), "{name}");
+            assert!(["counter", "gauge", "histogram"].contains(kind));
+        }
+    }
+
+    #[test]
+    fn an_app_observer_starts_every_known_series_at_zero() {
+        let m = metrics();
+        let _obs = m.observer(7);
+        let t = text(&m);
+        for api in Api::ALL {
+            let api = api.as_str();
+            assert_eq!(
+                sample(
+                    &t,
+                    &format!("timattr_api_requests_total{{api=\"{api}\",sdkappid=\"7\"}}")
+                ),
+                Some("0")
+            );
+            assert_eq!(
+                sample(
+                    &t,
+                    &format!(
+                        "timattr_api_request_duration_seconds_count{{api=\"{api}\",sdkappid=\"7\"}}"
+                    )
+                ),
+                Some("0")
+            );
+            for reason in FailureReason::ALL {
+                let reason = reason.as_str();
+                assert_eq!(
+                    sample(
+                        &t,
+                        &format!(
+                            "timattr_api_request_failures_total{{api=\"{api}\",reason=\"{reason}\",sdkappid=\"7\"}}"
+                        )
+                    ),
+                    Some("0"),
+                    "{api} {reason}"
+                );
+            }
+        }
+        assert!(!t.contains("timattr_usersig_expiry_timestamp_seconds{"));
+        assert_eq!(
+            sample(
+                &t,
+                "timattr_build_info{revision=\"abc\",rustc=\"1.85.0\",version=\"1.2.3\"}"
+            ),
+            Some("1")
+        );
+        assert_eq!(sample(&t, "timattr_total_shards"), Some("1"));
+    }
+
+    #[test]
+    fn attempts_are_counted_and_a_reload_keeps_them() {
+        let m = metrics();
+        let obs = m.observer(7);
+        obs.on_attempt(
+            Api::GetGroupAttr,
+            Duration::from_millis(30),
+            AttemptResult::Ok,
+        );
+        obs.on_attempt(
+            Api::GetGroupAttr,
+            Duration::from_millis(30),
+            AttemptResult::ApiError(10010),
+        );
+        obs.on_attempt(
+            Api::GetAppidGroupList,
+            Duration::from_secs(5),
+            AttemptResult::Failed(FailureReason::Timeout),
+        );
+        obs.on_usersig(1_700_086_400);
+        // A reload asks again: same counters.
+        let again = m.observer(7);
+        again.on_attempt(
+            Api::GetGroupAttr,
+            Duration::from_millis(30),
+            AttemptResult::ApiError(10010),
+        );
+        m.set_poll_lag(7, 0.5);
+        let t = text(&m);
+        assert_eq!(
+            sample(
+                &t,
+                "timattr_api_requests_total{api=\"get_group_attr\",sdkappid=\"7\"}"
+            ),
+            Some("3")
+        );
+        assert_eq!(
+            sample(
+                &t,
+                "timattr_api_errors_total{api=\"get_group_attr\",error_code=\"10010\",sdkappid=\"7\"}"
+            ),
+            Some("2")
+        );
+        assert_eq!(
+            sample(
+                &t,
+                "timattr_api_request_failures_total{api=\"get_appid_group_list\",reason=\"timeout\",sdkappid=\"7\"}"
+            ),
+            Some("1")
+        );
+        assert_eq!(
+            sample(
+                &t,
+                "timattr_api_request_duration_seconds_bucket{api=\"get_group_attr\",sdkappid=\"7\",le=\"0.05\"}"
+            ),
+            Some("3")
+        );
+        assert_eq!(
+            sample(
+                &t,
+                "timattr_usersig_expiry_timestamp_seconds{sdkappid=\"7\"}"
+            ),
+            Some("1700086400")
+        );
+        assert_eq!(
+            sample(&t, "timattr_poll_lag_seconds{sdkappid=\"7\"}"),
+            Some("0.5")
+        );
+    }
+
+    #[test]
+    fn removing_an_app_drops_its_series_for_good() {
+        let m = metrics();
+        let old = m.observer(7);
+        let _other = m.observer(8);
+        old.on_attempt(
+            Api::GetGroupAttr,
+            Duration::from_millis(1),
+            AttemptResult::ApiError(70001),
+        );
+        old.on_usersig(5);
+        m.set_poll_lag(7, 1.0);
+        m.remove_app(7);
+        // The old client is still running for a moment: nothing reappears.
+        old.on_attempt(
+            Api::GetGroupAttr,
+            Duration::from_millis(1),
+            AttemptResult::ApiError(70002),
+        );
+        old.on_usersig(6);
+        let t = text(&m);
+        assert!(!t.contains("sdkappid=\"7\""), "{t}");
+        assert!(t.contains("sdkappid=\"8\""));
+        // Re-added later: fresh series from 0.
+        let _new = m.observer(7);
+        let t = text(&m);
+        assert_eq!(
+            sample(
+                &t,
+                "timattr_api_requests_total{api=\"get_group_attr\",sdkappid=\"7\"}"
+            ),
+            Some("0")
+        );
+    }
+
+    #[test]
+    fn config_reload_and_shard_gauges() {
+        let m = metrics();
+        m.set_config_reload(true, 100.0);
+        m.set_config_reload(false, 200.0);
+        m.set_shard(2, 3);
+        let t = text(&m);
+        assert_eq!(
+            sample(&t, "timattr_config_last_reload_successful"),
+            Some("0")
+        );
+        assert_eq!(
+            sample(&t, "timattr_config_last_reload_success_timestamp_seconds"),
+            Some("100")
+        );
+        assert_eq!(sample(&t, "timattr_shard_ordinal"), Some("2"));
+        assert_eq!(sample(&t, "timattr_total_shards"), Some("3"));
+        #[cfg(target_os = "linux")]
+        assert!(t.contains("# TYPE process_cpu_seconds_total counter"));
+    }
+}
