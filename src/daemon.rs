@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -69,6 +69,8 @@ pub struct Daemon {
     ready: AtomicBool,
     shutdown: Trigger,
     anchor: Anchor,
+    /// The store generation last written to the state file, plus one (0: never written).
+    written_generation: AtomicU64,
 }
 
 /// One app's running pieces.
@@ -316,12 +318,19 @@ impl Daemon {
         let Some(path) = self.config().state_file.clone() else {
             return;
         };
-        if !self.store.is_dirty() {
+        let generation = self.store.generation();
+        if self.written_generation.load(Ordering::Acquire) == generation + 1
+        {
             return;
         }
         let persisted = self.store.persisted();
         match state::write_state_file(&path, &persisted) {
-            Ok(()) => debug!(path = %path.display(), "state file written"),
+            Ok(()) => {
+                // Stored off by one so that 0 means "never written".
+                self.written_generation
+                    .store(generation + 1, Ordering::Release);
+                debug!(path = %path.display(), "state file written");
+            }
             Err(e) => warn!(path = %path.display(), error = %e, "cannot write the state file"),
         }
     }
@@ -375,7 +384,7 @@ async fn dispatch(
     let slots = Arc::new(Semaphore::new(max_concurrency.max(1)));
     let mut scheduler = Scheduler::new(anchor);
     let mut inflight = JoinSet::new();
-    let mut apply_groups = |scheduler: &mut Scheduler, specs: &[GroupSpec]| {
+    let apply_groups = |scheduler: &mut Scheduler, specs: &[GroupSpec]| {
         scheduler.set_groups(specs, Instant::now());
         let demand = scheduler.demand();
         if demand > limiter.rate() * 1.0001 {
@@ -449,7 +458,14 @@ async fn poll(sdkappid: u64, client: &Client, store: &Store, group_id: &str) {
         AttrOutcome::NoAnswer(_) => PollResult::NoAnswer,
     };
     if let Some(changes) = store.apply(sdkappid, group_id, result, unix_now()) {
-        info!(sdkappid, group_id, added = changes.added, removed = changes.removed, modified = changes.modified, "attributes changed");
+        info!(
+            sdkappid,
+            group_id,
+            added = ?changes.added,
+            removed = ?changes.removed,
+            modified = ?changes.modified,
+            "attributes changed"
+        );
     }
     match &outcome {
         AttrOutcome::Ok(attrs) => debug!(sdkappid, group_id, attributes = attrs.len(), "polled"),
@@ -531,6 +547,7 @@ pub async fn run(
         ready: AtomicBool::new(false),
         shutdown: trigger.clone(),
         anchor: Anchor::now(),
+        written_generation: AtomicU64::new(0),
     });
     daemon.apply(options.config).await;
     metrics.set_config_reload(true, unix_now());

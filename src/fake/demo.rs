@@ -26,7 +26,7 @@ const COMMUNITY: &str = "@TGS#demo_community";
 const FLAKY: &str = "@TGS#demo_flaky";
 const SLOW: &str = "@TGS#demo_slow";
 /// 50 bytes: over the 48 a group ID may have, so the API answers 10015.
-const INVALID: &str = "@TGS#demo_invalid_this_id_is_longer_than_48_bytes";
+const INVALID: &str = "@TGS#demo invalid id";
 
 /// How often the ticker group's attributes change.
 pub const DEMO_CHANGE_PERIOD: Duration = Duration::from_secs(30);
