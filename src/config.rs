@@ -1,1 +1,1408 @@
-//! (to be written)
+//! The YAML config file (SPEC "Config file"): parsed strictly and validated once into typed
+//! values, or rejected with every mistake at once.
+//!
+//! Like blackbox_exporter's config package, unknown keys are errors and defaults are named
+//! constants. Unlike `#[serde(deny_unknown_fields)]`, which stops at the first problem and names
+//! no place, the document is read into a [`serde_yaml::Value`] and walked by hand, so each
+//! [`Problem`] carries its path (`apps[0].groups[3]`) and all of them are reported together.
+//!
+//! Secrets are read here too (from a file, an environment variable, or inline), so that
+//! `--config.check` and a reload fail on a missing key rather than the first poll. A key never
+//! appears in a [`Problem`], a warning, `Debug` output or [`Config::summary`]: messages name the
+//! file or the variable, never the content.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_yaml::Value;
+use url::{Host, Url};
+
+use crate::region::Region;
+use crate::secret::SecretKey;
+use crate::state::ValueHashes;
+
+/// How often each group is polled unless it says otherwise (`poll_interval`).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
+/// `usersig_ttl`: Tencent recommends at least 24 h; the exporter renews well before expiry.
+pub const DEFAULT_USERSIG_TTL: Duration = Duration::from_secs(24 * 3600);
+/// `rate_limit`, in requests per second per app, shared by all shards.
+pub const DEFAULT_RATE_LIMIT: f64 = 100.0;
+/// `max_concurrency`: requests in flight per app.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 16;
+/// `timeout` per HTTP request: longer than the 3 s after which Tencent's backend gives up.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// `discover.refresh_interval`.
+pub const DEFAULT_DISCOVER_REFRESH: Duration = Duration::from_secs(600);
+/// The documented quota of `get_group_attr`, in calls per second. `rate_limit` may exceed it
+/// (Tencent sells higher quotas), with a warning.
+pub const API_RATE_LIMIT: f64 = 200.0;
+
+/// The shortest `poll_interval`, global or per group.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest `usersig_ttl`: a UserSig is renewed at 80% of its life, so below a few minutes
+/// the exporter would spend its time signing.
+pub const MIN_USERSIG_TTL: Duration = Duration::from_secs(5 * 60);
+/// The longest `usersig_ttl`: 180 days, what the official libraries issue by default. The
+/// exporter renews its UserSig itself, so a longer life buys nothing and only widens the window
+/// in which a leaked UserSig (it travels in the query string) stays valid.
+pub const MAX_USERSIG_TTL: Duration = Duration::from_secs(180 * 86400);
+/// The lowest `rate_limit`: one request every 1000 s. Anything above 0 would do in principle,
+/// but the limiter spaces requests by 1 / rate_limit (divided again by the shard count), and a
+/// vanishing rate would make that spacing overflow a `Duration`.
+pub const MIN_RATE_LIMIT: f64 = 0.001;
+/// The highest `max_concurrency`: far beyond what a 200/s quota can use.
+pub const MAX_MAX_CONCURRENCY: usize = 1024;
+/// Tencent's backend times out REST calls after this long; a client `timeout` at or below it
+/// turns slow answers into client-side timeouts (a warning, not an error).
+pub const BACKEND_TIMEOUT: Duration = Duration::from_secs(3);
+/// The shortest `discover.refresh_interval`: `get_appid_group_list` allows 1 call per second,
+/// and a full listing may take many pages.
+pub const MIN_DISCOVER_REFRESH: Duration = Duration::from_secs(60);
+/// Tencent group IDs are at most 48 bytes.
+pub const MAX_GROUP_ID_BYTES: usize = 48;
+/// A secret file larger than this is not a SecretKey (they are 64 hex digits): reading stops.
+pub const MAX_SECRET_FILE_BYTES: u64 = 4096;
+/// The `GroupType` filters `get_appid_group_list` accepts.
+pub const GROUP_TYPES: [&str; 6] = [
+    "Public",
+    "Private",
+    "ChatRoom",
+    "AVChatRoom",
+    "BChatRoom",
+    "Community",
+];
+/// Newer names Tencent uses for two group types, accepted in `discover.group_types` and
+/// normalised to the names the API takes.
+const GROUP_TYPE_ALIASES: [(&str, &str); 2] = [("Work", "Private"), ("Meeting", "ChatRoom")];
+
+const TOP_KEYS: &[&str] = &["poll_interval", "state_file", "value_hashes", "apps"];
+const APP_KEYS: &[&str] = &[
+    "sdkappid",
+    "region",
+    "endpoint",
+    "allow_insecure_http",
+    "identifier",
+    "secret_key_file",
+    "secret_key_env",
+    "secret_key",
+    "usersig_ttl",
+    "rate_limit",
+    "max_concurrency",
+    "timeout",
+    "groups",
+    "discover",
+];
+const GROUP_KEYS: &[&str] = &["id", "poll_interval"];
+const DISCOVER_KEYS: &[&str] = &["group_types", "refresh_interval"];
+
+/// The whole config, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The default interval of every group without its own, discovered ones included.
+    pub poll_interval: Duration,
+    /// Where the latest snapshots persist across restarts; relative paths are resolved against
+    /// the config file's directory.
+    pub state_file: Option<PathBuf>,
+    pub value_hashes: ValueHashes,
+    /// At least one; `sdkappid`s are unique.
+    pub apps: Vec<AppConfig>,
+}
+
+/// One Tencent Cloud Chat application.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppConfig {
+    pub sdkappid: u64,
+    /// `None` when `endpoint` was given instead.
+    pub region: Option<Region>,
+    /// The region's `base_url()` or the `endpoint`, ending with `/` so API paths join onto it.
+    pub base_url: Url,
+    /// The app admin account the UserSig is made for.
+    pub identifier: String,
+    pub secret_key: SecretKey,
+    /// Where the key came from, for `--config.check`; never the key itself.
+    pub secret_source: SecretSource,
+    /// The UserSig's `TLS.expire`; whole seconds.
+    pub usersig_ttl: Duration,
+    /// Requests per second to this app, retries included, shared by all shards.
+    pub rate_limit: f64,
+    pub max_concurrency: usize,
+    /// Per HTTP request.
+    pub timeout: Duration,
+    /// Whether `endpoint` may be plain http to a non-loopback host.
+    pub allow_insecure_http: bool,
+    /// Configured groups, in config order, IDs unique within the app.
+    pub groups: Vec<GroupConfig>,
+    pub discover: Option<DiscoverConfig>,
+}
+
+/// Where an app's SecretKey was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `secret_key_file`, resolved against the config file's directory.
+    File(PathBuf),
+    /// `secret_key_env`: the variable's name.
+    Env(String),
+    /// `secret_key` in the config itself.
+    Inline,
+}
+
+impl fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::File(path) => write!(f, "file {}", path.display()),
+            SecretSource::Env(name) => write!(f, "environment variable {name}"),
+            SecretSource::Inline => f.write_str("inline in the config"),
+        }
+    }
+}
+
+/// A configured group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    pub id: String,
+    /// Its own `poll_interval`, or the global one.
+    pub poll_interval: Duration,
+}
+
+/// Poll every group of the app (`get_appid_group_list`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoverConfig {
+    /// `GroupType` filters, each one of [`GROUP_TYPES`], unique; empty means every type.
+    pub group_types: Vec<String>,
+    pub refresh_interval: Duration,
+}
+
+/// A valid config and the warnings it drew (each `path: what`), for the caller to log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+/// Everything wrong with a config, in document order as far as the walk allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+/// One mistake: where (`apps[0].groups[3]`, `line 7`) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and validates the config file at `path`, with secrets from the files and environment
+/// variables it names. Relative paths in it are resolved against its directory.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let yaml = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        problems: vec![Problem {
+            path: path.display().to_string(),
+            message: format!("cannot read the config file: {e}"),
+        }],
+    })?;
+    let base_dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    parse(&yaml, &|name| std::env::var(name).ok(), base_dir)
+}
+
+/// Validates a config document. `env` looks environment variables up; relative
+/// `secret_key_file` and `state_file` paths are resolved against `base_dir`.
+pub fn parse(
+    yaml: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    base_dir: &Path,
+) -> Result<Loaded, ConfigError> {
+    let doc: Value = serde_yaml::from_str(yaml).map_err(|e| ConfigError {
+        problems: vec![syntax_problem(yaml, &e)],
+    })?;
+    let mut walk = Walk {
+        problems: Vec::new(),
+        warnings: Vec::new(),
+        env,
+        base_dir,
+    };
+    let config = walk.config(&doc);
+    match config {
+        Some(config) if walk.problems.is_empty() => Ok(Loaded {
+            config,
+            warnings: walk.warnings,
+        }),
+        _ => Err(ConfigError {
+            problems: walk.problems,
+        }),
+    }
+}
+
+/// Turns a YAML syntax error into a [`Problem`] at its line, recognising the most common one:
+/// an unquoted `@TGS#...` group ID (`@` is reserved in YAML and cannot start a plain scalar).
+fn syntax_problem(yaml: &str, err: &serde_yaml::Error) -> Problem {
+    let message = err.to_string();
+    let Some(loc) = err.location() else {
+        return Problem {
+            path: "config".into(),
+            message,
+        };
+    };
+    let at = yaml
+        .lines()
+        .nth(loc.line().saturating_sub(1))
+        .and_then(|line| line.chars().nth(loc.column().saturating_sub(1)));
+    if message.starts_with("found character that cannot start any token") && at == Some('@') {
+        return Problem {
+            path: format!("line {}", loc.line()),
+            message: "group IDs starting with @ must be quoted in YAML, like - \"@TGS#aC5SZEAEF\""
+                .into(),
+        };
+    }
+    if let Some(key) = message.strip_prefix("duplicate entry with key ") {
+        return Problem {
+            path: format!("line {}", loc.line()),
+            message: format!("duplicate key {key} in the mapping that starts here"),
+        };
+    }
+    let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+    Problem {
+        path: format!("line {} column {}", loc.line(), loc.column()),
+        message: message.replacen(&suffix, "", 1),
+    }
+}
+
+/// The walk over the document: collects problems and warnings as it goes, so that one pass
+/// reports everything.
+struct Walk<'a> {
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    base_dir: &'a Path,
+}
+
+/// A mapping's entries, once its keys have been checked against the allowed ones.
+struct Fields<'v> {
+    path: String,
+    entries: Vec<(&'v str, &'v Value)>,
+}
+
+impl<'v> Fields<'v> {
+    fn get(&self, key: &str) -> Option<&'v Value> {
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    fn path_of(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// What kind of YAML value this is, for type errors. Never the value itself: it might be a
+/// secret in the wrong place.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+impl Walk<'_> {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, path: &str, message: impl fmt::Display) {
+        self.warnings.push(format!("{path}: {message}"));
+    }
+
+    /// Checks that `v` is a mapping with string keys from `allowed`, reporting the others.
+    fn fields<'v>(&mut self, path: &str, v: &'v Value, allowed: &[&str]) -> Option<Fields<'v>> {
+        let Value::Mapping(map) = v else {
+            let (path, what) = if path.is_empty() {
+                ("config", "the config must be")
+            } else {
+                (path, "must be")
+            };
+            self.error(
+                path,
+                format!("{what} a mapping of keys to values, not {}", kind(v)),
+            );
+            return None;
+        };
+        let mut entries = Vec::with_capacity(map.len());
+        for (k, value) in map {
+            let Value::String(key) = k else {
+                self.error(path, format!("keys must be strings, found {}", kind(k)));
+                continue;
+            };
+            if allowed.contains(&key.as_str()) {
+                entries.push((key.as_str(), value));
+            } else {
+                let hint = match closest(key, allowed) {
+                    Some(near) => format!("did you mean {near}? "),
+                    None => String::new(),
+                };
+                self.error(
+                    join(path, key),
+                    format!("unknown key; {hint}allowed here: {}", allowed.join(", ")),
+                );
+            }
+        }
+        Some(Fields {
+            path: path.to_owned(),
+            entries,
+        })
+    }
+
+    fn string(&mut self, path: &str, v: &Value) -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            other => {
+                self.error(path, format!("must be a string, not {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    /// A non-empty string.
+    fn name(&mut self, path: &str, v: &Value) -> Option<String> {
+        let s = self.string(path, v)?;
+        if s.is_empty() {
+            self.error(path, "must not be empty");
+            return None;
+        }
+        Some(s)
+    }
+
+    fn duration(&mut self, path: &str, v: &Value) -> Option<Duration> {
+        match v {
+            Value::String(s) => match parse_duration(s) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.error(path, e);
+                    None
+                }
+            },
+            Value::Number(_) => {
+                self.error(
+                    path,
+                    "must be a duration with a unit, like 60s or 1m30s, not a bare number",
+                );
+                None
+            }
+            other => {
+                self.error(
+                    path,
+                    format!("must be a duration like 60s, not {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+
+    /// An optional duration of at least `min`, or `default` when absent.
+    fn duration_at_least(
+        &mut self,
+        fields: &Fields<'_>,
+        key: &str,
+        default: Duration,
+        min: Duration,
+    ) -> Option<Duration> {
+        let Some(v) = fields.get(key) else {
+            return Some(default);
+        };
+        let path = fields.path_of(key);
+        let d = self.duration(&path, v)?;
+        if d < min {
+            self.error(
+                &path,
+                format!(
+                    "must be at least {}, got {}",
+                    format_duration(min),
+                    format_duration(d)
+                ),
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    fn config(&mut self, doc: &Value) -> Option<Config> {
+        if doc.is_null() {
+            self.error("config", "the config is empty: it needs at least `apps`");
+            return None;
+        }
+        let top = self.fields("", doc, TOP_KEYS)?;
+        let poll_interval = self.duration_at_least(
+            &top,
+            "poll_interval",
+            DEFAULT_POLL_INTERVAL,
+            MIN_POLL_INTERVAL,
+        );
+        let state_file = match top.get("state_file") {
+            None => Some(None),
+            Some(v) => self
+                .name("state_file", v)
+                .map(|s| Some(self.base_dir.join(s))),
+        };
+        let value_hashes = match top.get("value_hashes") {
+            None => Some(ValueHashes::default()),
+            Some(v) => self.value_hashes(v),
+        };
+        // A bad global interval has been reported; resolve groups against the default so their
+        // own mistakes are still found.
+        let global = poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL);
+        let apps = self.apps(top.get("apps"), global);
+        Some(Config {
+            poll_interval: poll_interval?,
+            state_file: state_file?,
+            value_hashes: value_hashes?,
+            apps: apps?,
+        })
+    }
+
+    fn value_hashes(&mut self, v: &Value) -> Option<ValueHashes> {
+        match v.as_str() {
+            Some("per_key") => Some(ValueHashes::PerKey),
+            Some("per_group") => Some(ValueHashes::PerGroup),
+            Some("off") => Some(ValueHashes::Off),
+            _ => {
+                self.error("value_hashes", "must be one of per_key, per_group, off");
+                None
+            }
+        }
+    }
+
+    fn apps(&mut self, v: Option<&Value>, global: Duration) -> Option<Vec<AppConfig>> {
+        let Some(v) = v else {
+            self.error("apps", "missing: at least one app is required");
+            return None;
+        };
+        let Value::Sequence(items) = v else {
+            self.error("apps", format!("must be a list of apps, not {}", kind(v)));
+            return None;
+        };
+        if items.is_empty() {
+            self.error("apps", "at least one app is required");
+            return None;
+        }
+        let mut apps = Vec::with_capacity(items.len());
+        let mut seen: HashMap<u64, usize> = HashMap::new();
+        let mut all_ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match self.app(i, item, global, &mut seen) {
+                Some(app) => apps.push(app),
+                None => all_ok = false,
+            }
+        }
+        all_ok.then_some(apps)
+    }
+
+    /// The app at `apps[index]`; `seen` maps the sdkappids of the apps before it to their
+    /// index, so a duplicate names both.
+    fn app(
+        &mut self,
+        index: usize,
+        v: &Value,
+        global: Duration,
+        seen: &mut HashMap<u64, usize>,
+    ) -> Option<AppConfig> {
+        let path = &format!("apps[{index}]");
+        let f = self.fields(path, v, APP_KEYS)?;
+        let sdkappid = match f.get("sdkappid") {
+            None => {
+                self.error(path, "missing sdkappid");
+                None
+            }
+            Some(v) => match v.as_u64() {
+                Some(0) | None => {
+                    self.error(
+                        f.path_of("sdkappid"),
+                        "must be a positive integer, like 1400000000",
+                    );
+                    None
+                }
+                Some(id) => match seen.get(&id) {
+                    Some(first) => {
+                        self.error(
+                            f.path_of("sdkappid"),
+                            format!("duplicate sdkappid {id} (also apps[{first}])"),
+                        );
+                        None
+                    }
+                    None => {
+                        seen.insert(id, index);
+                        Some(id)
+                    }
+                },
+            },
+        };
+
+        let allow_insecure_http = match f.get("allow_insecure_http") {
+            None => Some(false),
+            Some(Value::Bool(b)) => Some(*b),
+            Some(v) => {
+                self.error(
+                    f.path_of("allow_insecure_http"),
+                    format!("must be true or false, not {}", kind(v)),
+                );
+                None
+            }
+        };
+        let (region, base_url) = self.api_location(&f, allow_insecure_http.unwrap_or(false));
+
+        let identifier = match f.get("identifier") {
+            None => {
+                self.error(
+                    path,
+                    "missing identifier (an app admin account, like administrator)",
+                );
+                None
+            }
+            Some(v) => self.name(&f.path_of("identifier"), v),
+        };
+
+        let secret = self.secret(&f);
+
+        let usersig_ttl = self.usersig_ttl(&f);
+
+        let rate_limit = match f.get("rate_limit") {
+            None => Some(DEFAULT_RATE_LIMIT),
+            Some(v) => {
+                let p = f.path_of("rate_limit");
+                match v.as_f64() {
+                    Some(r) if r.is_finite() && r >= MIN_RATE_LIMIT => {
+                        if r > API_RATE_LIMIT {
+                            self.warn(
+                                &p,
+                                format!(
+                                    "{r} requests/s is above the documented API limit of \
+                                     {API_RATE_LIMIT}/s: make sure the app's quota was raised, \
+                                     or expect rate-limit errors"
+                                ),
+                            );
+                        }
+                        Some(r)
+                    }
+                    Some(_) => {
+                        self.error(
+                            &p,
+                            format!("must be at least {MIN_RATE_LIMIT} requests per second"),
+                        );
+                        None
+                    }
+                    None => {
+                        self.error(
+                            &p,
+                            format!("must be a number of requests per second, not {}", kind(v)),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+
+        let max_concurrency = match f.get("max_concurrency") {
+            None => Some(DEFAULT_MAX_CONCURRENCY),
+            Some(v) => match v.as_u64() {
+                Some(n) if (1..=MAX_MAX_CONCURRENCY as u64).contains(&n) => Some(n as usize),
+                _ => {
+                    self.error(
+                        f.path_of("max_concurrency"),
+                        format!("must be an integer from 1 to {MAX_MAX_CONCURRENCY}"),
+                    );
+                    None
+                }
+            },
+        };
+
+        let timeout = match f.get("timeout") {
+            None => Some(DEFAULT_TIMEOUT),
+            Some(v) => {
+                let p = f.path_of("timeout");
+                match self.duration(&p, v) {
+                    Some(Duration::ZERO) => {
+                        self.error(&p, "must be greater than 0");
+                        None
+                    }
+                    Some(d) => {
+                        if d <= BACKEND_TIMEOUT {
+                            self.warn(
+                                &p,
+                                format!(
+                                    "{} is not longer than the 3s after which Tencent's backend \
+                                     times out: slow answers will fail as client timeouts; 5s is \
+                                     a sane value",
+                                    format_duration(d)
+                                ),
+                            );
+                        }
+                        Some(d)
+                    }
+                    None => None,
+                }
+            }
+        };
+
+        let groups = self.groups(&f, global);
+        let discover = match f.get("discover") {
+            None => Some(None),
+            Some(v) => self.discover(&f.path_of("discover"), v).map(Some),
+        };
+        if matches!((&groups, &discover), (Some(g), Some(None)) if g.is_empty()) {
+            self.error(
+                path,
+                "no groups to poll: list them under groups, or set discover to poll every group \
+                 of the app",
+            );
+            return None;
+        }
+
+        // Every field has been checked (and its problems reported) before any `?` here.
+        let (secret_key, secret_source) = secret?;
+        Some(AppConfig {
+            sdkappid: sdkappid?,
+            region: region?,
+            base_url: base_url?,
+            identifier: identifier?,
+            secret_key,
+            secret_source,
+            usersig_ttl: usersig_ttl?,
+            rate_limit: rate_limit?,
+            max_concurrency: max_concurrency?,
+            timeout: timeout?,
+            allow_insecure_http: allow_insecure_http?,
+            groups: groups?,
+            discover: discover?,
+        })
+    }
+
+    /// `region` or `endpoint`, exactly one: the region (if any) and the base URL.
+    fn api_location(
+        &mut self,
+        f: &Fields<'_>,
+        insecure: bool,
+    ) -> (Option<Option<Region>>, Option<Url>) {
+        match (f.get("region"), f.get("endpoint")) {
+            (None, None) => {
+                self.error(
+                    &f.path,
+                    "set exactly one of region, endpoint: neither is set",
+                );
+                (None, None)
+            }
+            (Some(_), Some(_)) => {
+                self.error(&f.path, "set exactly one of region, endpoint, not both");
+                (None, None)
+            }
+            (Some(v), None) => {
+                let p = f.path_of("region");
+                let all = Region::ALL.map(Region::name).join(", ");
+                let region = match v {
+                    Value::String(s) => match Region::from_name(s) {
+                        Some(r) => Some(r),
+                        None => {
+                            self.error(&p, format!("unknown region {s:?}: one of {all}"));
+                            None
+                        }
+                    },
+                    other => {
+                        self.error(&p, format!("must be one of {all}, not {}", kind(other)));
+                        None
+                    }
+                };
+                if insecure {
+                    self.warn(
+                        &f.path_of("allow_insecure_http"),
+                        "has no effect with region: region endpoints are https",
+                    );
+                }
+                (region.map(Some), region.map(Region::base_url))
+            }
+            (None, Some(v)) => {
+                let p = f.path_of("endpoint");
+                let s = self.string(&p, v);
+                let url = s.and_then(|s| match Url::parse(&s) {
+                    Ok(url) => Some(url),
+                    Err(e) => {
+                        // The text is not echoed: it could hold a password.
+                        self.error(
+                            &p,
+                            format!(
+                                "not an absolute URL ({e}); write it like \
+                                 https://adminapisgp.im.qcloud.com"
+                            ),
+                        );
+                        None
+                    }
+                });
+                let url = url.and_then(|mut url| match check_endpoint(&url, insecure) {
+                    Ok(()) => {
+                        if url.scheme() == "http" && !is_loopback(&url) {
+                            self.warn(
+                                &p,
+                                format!(
+                                    "plain http to {}: the UserSig travels unencrypted \
+                                     (allow_insecure_http is set)",
+                                    url.host_str().unwrap_or_default()
+                                ),
+                            );
+                        }
+                        if !url.path().ends_with('/') {
+                            let path = format!("{}/", url.path());
+                            url.set_path(&path);
+                        }
+                        Some(url)
+                    }
+                    Err(e) => {
+                        self.error(&p, e);
+                        None
+                    }
+                });
+                (Some(None), url)
+            }
+        }
+    }
+
+    /// Exactly one of `secret_key_file`, `secret_key_env`, `secret_key`, read and checked.
+    fn secret(&mut self, f: &Fields<'_>) -> Option<(SecretKey, SecretSource)> {
+        const KEYS: [&str; 3] = ["secret_key_file", "secret_key_env", "secret_key"];
+        let set: Vec<&str> = KEYS.into_iter().filter(|k| f.has(k)).collect();
+        let which = match set.as_slice() {
+            [] => {
+                self.error(
+                    &f.path,
+                    "set exactly one of secret_key_file, secret_key_env, secret_key: none is set",
+                );
+                return None;
+            }
+            [one] => *one,
+            several => {
+                self.error(
+                    &f.path,
+                    format!(
+                        "set exactly one of secret_key_file, secret_key_env, secret_key, not {}",
+                        several.join(" and ")
+                    ),
+                );
+                return None;
+            }
+        };
+        let p = f.path_of(which);
+        let v = f.get(which).expect("`which` was found among the keys set");
+        match which {
+            "secret_key_file" => {
+                let path = self.base_dir.join(self.name(&p, v)?);
+                match read_secret_file(&path) {
+                    Ok((key, mode)) => {
+                        if mode & 0o077 != 0 {
+                            self.warn(
+                                &p,
+                                format!(
+                                    "{} is readable by group or others (mode {:04o}); chmod 600 it",
+                                    path.display(),
+                                    mode & 0o7777
+                                ),
+                            );
+                        }
+                        Some((key, SecretSource::File(path)))
+                    }
+                    Err(e) => {
+                        self.error(&p, e);
+                        None
+                    }
+                }
+            }
+            "secret_key_env" => {
+                let name = self.name(&p, v)?;
+                if name.contains(['=', '\0']) {
+                    self.error(
+                        &p,
+                        format!("{name:?} is not a valid environment variable name"),
+                    );
+                    return None;
+                }
+                match (self.env)(&name) {
+                    None => {
+                        self.error(&p, format!("environment variable {name} is not set"));
+                        None
+                    }
+                    Some(raw) => {
+                        let key = SecretKey::new(raw);
+                        if key.is_empty() {
+                            self.error(&p, format!("environment variable {name} is empty"));
+                            return None;
+                        }
+                        Some((key, SecretSource::Env(name)))
+                    }
+                }
+            }
+            _ => {
+                let Value::String(raw) = v else {
+                    self.error(&p, format!("must be a string, not {}", kind(v)));
+                    return None;
+                };
+                let key = SecretKey::new(raw.as_str());
+                if key.is_empty() {
+                    self.error(&p, "must not be empty");
+                    return None;
+                }
+                Some((key, SecretSource::Inline))
+            }
+        }
+    }
+
+    fn usersig_ttl(&mut self, f: &Fields<'_>) -> Option<Duration> {
+        let Some(v) = f.get("usersig_ttl") else {
+            return Some(DEFAULT_USERSIG_TTL);
+        };
+        let p = f.path_of("usersig_ttl");
+        let d = self.duration(&p, v)?;
+        let problem = if d < MIN_USERSIG_TTL {
+            format!(
+                "must be at least {} (the UserSig is renewed at 80% of its life), got {}",
+                format_duration(MIN_USERSIG_TTL),
+                format_duration(d)
+            )
+        } else if d > MAX_USERSIG_TTL {
+            format!(
+                "must be at most {} (what the official libraries issue; the exporter renews it \
+                 anyway), got {}",
+                format_duration(MAX_USERSIG_TTL),
+                format_duration(d)
+            )
+        } else if d.subsec_nanos() != 0 {
+            format!(
+                "must be whole seconds (it becomes TLS.expire), got {}",
+                format_duration(d)
+            )
+        } else {
+            return Some(d);
+        };
+        self.error(&p, problem);
+        None
+    }
+
+    /// The `groups` list; absent or empty gives an empty list (the caller checks `discover`).
+    fn groups(&mut self, f: &Fields<'_>, global: Duration) -> Option<Vec<GroupConfig>> {
+        let items = match f.get("groups") {
+            None | Some(Value::Null) => return Some(Vec::new()),
+            Some(Value::Sequence(items)) => items,
+            Some(v) => {
+                self.error(
+                    f.path_of("groups"),
+                    format!("must be a list of group IDs, not {}", kind(v)),
+                );
+                return None;
+            }
+        };
+        let mut groups = Vec::with_capacity(items.len());
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut all_ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("{}[{i}]", f.path_of("groups"));
+            let group = match item {
+                Value::String(id) => self.group_id(&p, id).map(|id| GroupConfig {
+                    id,
+                    poll_interval: global,
+                }),
+                Value::Mapping(_) => self.group_entry(&p, item, global),
+                Value::Number(_) => {
+                    self.error(
+                        &p,
+                        "a group ID must be a string: quote numeric IDs, like \"12345\"",
+                    );
+                    None
+                }
+                other => {
+                    self.error(
+                        &p,
+                        format!(
+                            "must be a group ID or {{id, poll_interval}}, not {}",
+                            kind(other)
+                        ),
+                    );
+                    None
+                }
+            };
+            let Some(group) = group else {
+                all_ok = false;
+                continue;
+            };
+            // Borrow the ID from the document, which outlives this loop.
+            let id = match item {
+                Value::String(id) => id.as_str(),
+                _ => item.get("id").and_then(Value::as_str).unwrap_or_default(),
+            };
+            if let Some(first) = seen.get(id) {
+                self.error(
+                    &p,
+                    format!(
+                        "duplicate group ID {id:?} (also {}[{first}])",
+                        f.path_of("groups")
+                    ),
+                );
+                all_ok = false;
+            } else {
+                seen.insert(id, i);
+            }
+            groups.push(group);
+        }
+        all_ok.then_some(groups)
+    }
+
+    fn group_entry(&mut self, path: &str, v: &Value, global: Duration) -> Option<GroupConfig> {
+        let f = self.fields(path, v, GROUP_KEYS)?;
+        let id = match f.get("id") {
+            None => {
+                self.error(path, "missing id");
+                None
+            }
+            Some(Value::String(id)) => self.group_id(&f.path_of("id"), id),
+            Some(Value::Number(_)) => {
+                self.error(
+                    f.path_of("id"),
+                    "a group ID must be a string: quote numeric IDs, like \"12345\"",
+                );
+                None
+            }
+            Some(v) => {
+                self.error(
+                    f.path_of("id"),
+                    format!("must be a string, not {}", kind(v)),
+                );
+                None
+            }
+        };
+        let poll_interval = self.duration_at_least(&f, "poll_interval", global, MIN_POLL_INTERVAL);
+        Some(GroupConfig {
+            id: id?,
+            poll_interval: poll_interval?,
+        })
+    }
+
+    fn group_id(&mut self, path: &str, id: &str) -> Option<String> {
+        if id.is_empty() {
+            self.error(path, "empty group ID");
+            return None;
+        }
+        if id.len() > MAX_GROUP_ID_BYTES {
+            self.error(
+                path,
+                format!(
+                    "group ID {id:?} is {} bytes; Tencent allows at most {MAX_GROUP_ID_BYTES}",
+                    id.len()
+                ),
+            );
+            return None;
+        }
+        Some(id.to_owned())
+    }
+
+    fn discover(&mut self, path: &str, v: &Value) -> Option<DiscoverConfig> {
+        if v.is_null() {
+            self.error(
+                path,
+                "has no value: write `discover: {}` to poll every group of the app, or remove it",
+            );
+            return None;
+        }
+        let f = self.fields(path, v, DISCOVER_KEYS)?;
+        let group_types = match f.get("group_types") {
+            None | Some(Value::Null) => Some(Vec::new()),
+            Some(Value::Sequence(items)) => {
+                let mut types: Vec<String> = Vec::with_capacity(items.len());
+                let mut ok = true;
+                for (i, item) in items.iter().enumerate() {
+                    let p = format!("{}[{i}]", f.path_of("group_types"));
+                    match item.as_str().and_then(normalise_group_type) {
+                        Some(t) => {
+                            if let Some(first) = types.iter().position(|s| s == t) {
+                                self.error(
+                                    &p,
+                                    format!(
+                                        "duplicate group type {t} (also {}[{first}])",
+                                        f.path_of("group_types")
+                                    ),
+                                );
+                                ok = false;
+                            }
+                            types.push(t.to_owned());
+                        }
+                        None => {
+                            let what = match item.as_str() {
+                                Some(s) => format!("unknown group type {s:?}"),
+                                None => {
+                                    format!("a group type must be a string, not {}", kind(item))
+                                }
+                            };
+                            self.error(
+                                &p,
+                                format!(
+                                    "{what}: one of {} (Work and Meeting are accepted as Private \
+                                     and ChatRoom)",
+                                    GROUP_TYPES.join(", ")
+                                ),
+                            );
+                            ok = false;
+                        }
+                    }
+                }
+                ok.then_some(types)
+            }
+            Some(other) => {
+                self.error(
+                    f.path_of("group_types"),
+                    format!("must be a list of group types, not {}", kind(other)),
+                );
+                None
+            }
+        };
+        let refresh_interval = self.duration_at_least(
+            &f,
+            "refresh_interval",
+            DEFAULT_DISCOVER_REFRESH,
+            MIN_DISCOVER_REFRESH,
+        );
+        Some(DiscoverConfig {
+            group_types: group_types?,
+            refresh_interval: refresh_interval?,
+        })
+    }
+}
+
+fn normalise_group_type(s: &str) -> Option<&'static str> {
+    GROUP_TYPES.into_iter().find(|t| *t == s).or_else(|| {
+        GROUP_TYPE_ALIASES
+            .into_iter()
+            .find(|(alias, _)| *alias == s)
+            .map(|(_, t)| t)
+    })
+}
+
+/// Reads a secret file, refusing anything that cannot be a key, and returns the key and the
+/// file's permission bits. Errors name the file, never its content.
+fn read_secret_file(path: &Path) -> Result<(SecretKey, u32), String> {
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    let mut raw = Vec::new();
+    file.take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if raw.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(format!(
+            "{shown} is larger than {MAX_SECRET_FILE_BYTES} bytes: not a SecretKey file"
+        ));
+    }
+    let text = String::from_utf8(raw).map_err(|_| format!("{shown} is not UTF-8 text"))?;
+    let key = SecretKey::new(text);
+    if key.is_empty() {
+        return Err(format!("{shown} is empty"));
+    }
+    Ok((key, file_mode(&meta)))
+}
+
+#[cfg(unix)]
+fn file_mode(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode()
+}
+
+#[cfg(not(unix))]
+fn file_mode(_meta: &std::fs::Metadata) -> u32 {
+    0o600
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Checks that `url` can serve as an API base: absolute http(s) with a host, no credentials,
+/// query or fragment, and plain http only to a loopback host (127.0.0.0/8, ::1, `localhost`)
+/// unless `allow_insecure_http`. The message never repeats the URL (it could hold a password).
+pub fn check_endpoint(url: &Url, allow_insecure_http: bool) -> Result<(), String> {
+    let scheme = url.scheme();
+    if scheme != "https" && scheme != "http" {
+        return Err(format!(
+            "scheme {scheme:?} is not supported: use https (or http to a loopback host)"
+        ));
+    }
+    if url.host().is_none() {
+        return Err("must name a host, like https://adminapisgp.im.qcloud.com".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain a user name or password: URLs are logged".into());
+    }
+    if url.query().is_some() {
+        return Err(
+            "must not have a query string: the exporter sets sdkappid, identifier, usersig, \
+             random and contenttype itself"
+                .into(),
+        );
+    }
+    if url.fragment().is_some() {
+        return Err("must not have a fragment (#...)".into());
+    }
+    if scheme == "http" && !allow_insecure_http && !is_loopback(url) {
+        return Err(
+            "plain http is allowed only to a loopback host (127.0.0.0/8, ::1, localhost), because \
+             the UserSig travels in the query string; use https, or set allow_insecure_http: true"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Duration units, largest first, in milliseconds (a year is 365 days, as in Prometheus).
+const UNITS: [(&str, u64); 7] = [
+    ("y", 365 * 86_400_000),
+    ("w", 7 * 86_400_000),
+    ("d", 86_400_000),
+    ("h", 3_600_000),
+    ("m", 60_000),
+    ("s", 1_000),
+    ("ms", 1),
+];
+
+/// Prometheus's limit: a duration must fit in an int64 of nanoseconds (about 292 years).
+const MAX_DURATION_MS: u64 = i64::MAX as u64 / 1_000_000;
+
+/// Parses a Prometheus-style duration: whole numbers with units from largest to smallest, each
+/// at most once (`500ms`, `15s`, `10m`, `24h`, `1d`, `1w`, `1y`, `1h30m`), or `0`. Whether zero
+/// makes sense is up to the caller.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.is_empty() {
+        return Err("empty duration: write one like 60s".into());
+    }
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let invalid = |why: &str| format!("invalid duration {s:?}: {why}");
+    if s.starts_with('-') {
+        return Err(invalid("cannot be negative"));
+    }
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    let mut total: u64 = 0;
+    // Index into UNITS of the last unit used: the next one must come after it.
+    let mut last: Option<usize> = None;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        if start == i {
+            return Err(invalid(
+                "expected a whole number and a unit (ms, s, m, h, d, w, y), like 90s or 1h30m",
+            ));
+        }
+        let digits = &s[start..i];
+        let unit_start = i;
+        while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let unit = &s[unit_start..i];
+        if unit.is_empty() {
+            if i < bytes.len() {
+                return Err(invalid(
+                    "expected a whole number and a unit (ms, s, m, h, d, w, y), like 90s or 1h30m",
+                ));
+            }
+            return Err(invalid(&format!(
+                "missing unit after {digits}, like {digits}s"
+            )));
+        }
+        let Some(index) = UNITS.iter().position(|(u, _)| *u == unit) else {
+            return Err(invalid(&format!(
+                "unknown unit {unit:?} (use ms, s, m, h, d, w, y)"
+            )));
+        };
+        if last.is_some_and(|l| index <= l) {
+            return Err(invalid(
+                "units must go from largest to smallest, each used once, like 1h30m",
+            ));
+        }
+        last = Some(index);
+        let too_long = || invalid("too long");
+        let n: u64 = digits.parse().map_err(|_| too_long())?;
+        total = n
+            .checked_mul(UNITS[index].1)
+            .and_then(|ms| total.checked_add(ms))
+            .filter(|ms| *ms <= MAX_DURATION_MS)
+            .ok_or_else(too_long)?;
+    }
+    Ok(Duration::from_millis(total))
+}
+
+/// Formats a duration the way Prometheus does (`1h30m`, `1d`, `500ms`, `0s`), so that
+/// [`parse_duration`] reads it back. Sub-millisecond parts are dropped.
+pub fn format_duration(d: Duration) -> String {
+    let mut ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, size) in UNITS {
+        let size = u128::from(size);
+        // Years and weeks only when exact: 8d reads better than 1w1d.
+        if (unit == "y" || unit == "w") && ms % size != 0 {
+            continue;
+        }
+        let n = ms / size;
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+            ms -= n * size;
+        }
+    }
+    out
+}
+
+/// Edit distance, for "did you mean" on unknown keys.
+fn closest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+    allowed
+        .iter()
+        .map(|a| (distance(&key.to_ascii_lowercase(), a), *a))
+        .filter(|(d, a)| *d <= 2.max(a.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+impl Config {
+    /// What `--config.check` prints: every app's API, credentials' source (never the key),
+    /// limits, groups and discovery.
+    pub fn summary(&self) -> String {
+        let groups: usize = self.apps.iter().map(|a| a.groups.len()).sum();
+        let discovering = self.apps.iter().filter(|a| a.discover.is_some()).count();
+        let mut out = format!(
+            "{} app(s), {groups} configured group(s), discovery in {discovering} app(s)\n",
+            self.apps.len()
+        );
+        out.push_str(&format!(
+            "poll_interval: {}\n",
+            format_duration(self.poll_interval)
+        ));
+        match &self.state_file {
+            Some(path) => out.push_str(&format!("state_file: {}\n", path.display())),
+            None => out.push_str("state_file: none\n"),
+        }
+        let hashes = match self.value_hashes {
+            ValueHashes::PerKey => "per_key",
+            ValueHashes::PerGroup => "per_group",
+            ValueHashes::Off => "off",
+        };
+        out.push_str(&format!("value_hashes: {hashes}\n"));
+        for app in &self.apps {
+            out.push_str(&format!("app {}:\n", app.sdkappid));
+            match app.region {
+                Some(region) => out.push_str(&format!("  region: {region} ({})\n", app.base_url)),
+                None => out.push_str(&format!("  endpoint: {}\n", app.base_url)),
+            }
+            out.push_str(&format!("  identifier: {}\n", app.identifier));
+            out.push_str(&format!("  secret_key: from {}\n", app.secret_source));
+            out.push_str(&format!(
+                "  usersig_ttl: {}, rate_limit: {}/s, max_concurrency: {}, timeout: {}\n",
+                format_duration(app.usersig_ttl),
+                app.rate_limit,
+                app.max_concurrency,
+                format_duration(app.timeout)
+            ));
+            let own = app
+                .groups
+                .iter()
+                .filter(|g| g.poll_interval != self.poll_interval)
+                .count();
+            out.push_str(&format!(
+                "  groups: {} ({own} polled at another interval than poll_interval)\n",
+                app.groups.len()
+            ));
+            match &app.discover {
+                None => out.push_str("  discover: off\n"),
+                Some(d) => {
+                    let types = if d.group_types.is_empty() {
+                        "all group types".to_owned()
+                    } else {
+                        d.group_types.join(", ")
+                    };
+                    out.push_str(&format!(
+                        "  discover: {types}, refreshed every {}\n",
+                        format_duration(d.refresh_interval)
+                    ));
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,1 +1,294 @@
-fn main() {}
+//! `timattr_exporter`: parses flags, sets up logging, loads the config, binds, and hands over
+//! to [`timattr_exporter::daemon::run`]. Exit codes: 0 after a clean shutdown, 64 for a bad
+//! command line or config, 1 for any other fatal error.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use timattr_exporter::config::{self, Config};
+use timattr_exporter::daemon::{self, ConfigSource, Options};
+use timattr_exporter::http::ServerOptions;
+use timattr_exporter::logging::{self, LogFormat, LogLevel};
+use timattr_exporter::metrics::BuildInfo;
+use timattr_exporter::shard::Shard;
+use timattr_exporter::{fake, shutdown, web_config};
+
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "timattr_exporter",
+    version,
+    about = "Prometheus exporter for Tencent Cloud Chat (TIM) group custom attributes"
+)]
+struct Flags {
+    /// The YAML config file.
+    #[arg(long = "config.file", value_name = "PATH", default_value = "timattr.yml")]
+    config_file: PathBuf,
+    /// Validate the config (and the secrets' presence), print the result, and exit 0 or 64.
+    #[arg(long = "config.check")]
+    config_check: bool,
+    /// Where /metrics is served (`:9877` means every interface).
+    #[arg(long = "web.listen-address", value_name = "ADDR", default_value = ":9877")]
+    listen_address: String,
+    /// TLS and basic auth for the HTTP server, in exporter-toolkit's web-config format.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    web_config_file: Option<PathBuf>,
+    /// error, warn, info or debug.
+    #[arg(long = "log.level", default_value = "info")]
+    log_level: LogLevel,
+    /// logfmt or json.
+    #[arg(long = "log.format", default_value = "logfmt")]
+    log_format: LogFormat,
+    /// Poll only the groups in shard N of --total-shards.
+    #[arg(long = "shard", value_name = "N", default_value_t = 0)]
+    shard: u32,
+    /// How many replicas share the groups.
+    #[arg(long = "total-shards", value_name = "M", default_value_t = 1)]
+    total_shards: u32,
+    /// Take the shard ordinal from the number after the last `-` of the host name (a
+    /// StatefulSet pod `timattr-exporter-2` is shard 2) instead of --shard.
+    #[arg(long = "shard.from-hostname", conflicts_with = "shard")]
+    shard_from_hostname: bool,
+    /// Run against a built-in simulated Tencent Chat API with sample groups; needs no config.
+    #[arg(long = "demo")]
+    demo: bool,
+}
+
+fn main() -> ExitCode {
+    let flags = match Flags::try_parse() {
+        Ok(flags) => flags,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    logging::init(flags.log_level, flags.log_format);
+    match real_main(flags) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fatal::Usage(msg)) => {
+            error!(error = %msg, "bad command line or config");
+            eprintln!("{msg}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Fatal::Other(msg)) => {
+            error!(error = %msg, "fatal");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Fatal {
+    Usage(String),
+    Other(String),
+}
+
+fn shard_from(flags: &Flags) -> Result<Shard, Fatal> {
+    if flags.total_shards == 0 {
+        return Err(Fatal::Usage("--total-shards must be at least 1".into()));
+    }
+    let ordinal = if flags.shard_from_hostname {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .unwrap_or_default();
+        let host = host.trim();
+        host.rsplit('-')
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+            .ok_or_else(|| {
+                Fatal::Usage(format!(
+                    "--shard.from-hostname: host name {host:?} does not end in -<ordinal>"
+                ))
+            })?
+    } else {
+        flags.shard
+    };
+    if ordinal >= flags.total_shards {
+        return Err(Fatal::Usage(format!(
+            "shard {ordinal} is out of range for --total-shards {}",
+            flags.total_shards
+        )));
+    }
+    Ok(Shard {
+        ordinal,
+        total: flags.total_shards,
+    })
+}
+
+/// `:9877` → every interface; `host:port` resolved.
+async fn resolve_listen(addr: &str) -> Result<SocketAddr, Fatal> {
+    let full = if addr.starts_with(':') {
+        format!("0.0.0.0{addr}")
+    } else {
+        addr.to_owned()
+    };
+    tokio::net::lookup_host(&full)
+        .await
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| Fatal::Usage(format!("--web.listen-address {addr:?} is not host:port")))
+}
+
+fn build_info() -> BuildInfo {
+    BuildInfo {
+        version: timattr_exporter::VERSION,
+        revision: env!("TIMATTR_REVISION").to_owned(),
+        rustc: env!("TIMATTR_RUSTC_VERSION").to_owned(),
+    }
+}
+
+fn real_main(flags: Flags) -> Result<(), Fatal> {
+    let shard = shard_from(&flags)?;
+    if let Some(path) = &flags.web_config_file {
+        web_config::load(path)
+            .map_err(|e| Fatal::Usage(format!("--web.config.file {}: {e}", path.display())))?;
+    }
+    if flags.config_check {
+        return match config::load(&flags.config_file) {
+            Ok(loaded) => {
+                for w in &loaded.warnings {
+                    println!("warning: {w}");
+                }
+                println!(
+                    "config {} is valid\n{}",
+                    flags.config_file.display(),
+                    loaded.config.summary()
+                );
+                Ok(())
+            }
+            Err(e) => {
+                println!("config {} is invalid:\n{e}", flags.config_file.display());
+                Err(Fatal::Usage(format!(
+                    "config {} is invalid",
+                    flags.config_file.display()
+                )))
+            }
+        };
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Fatal::Other(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async_main(flags, shard))
+}
+
+async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The demo's fake API lives as long as this function.
+    let mut demo_server = None;
+    let (source, config) = if flags.demo {
+        let server = fake::Fake::start(fake::demo_scenario())
+            .await
+            .map_err(|e| Fatal::Other(format!("cannot start the demo API: {e}")))?;
+        let config = demo_config(&server.base_url())?;
+        info!(api = %server.base_url(), "demo: simulated Tencent Chat API started");
+        demo_server = Some(server);
+        (ConfigSource::Fixed(Box::new(config.clone())), config)
+    } else {
+        let loaded = config::load(&flags.config_file).map_err(|e| {
+            Fatal::Usage(format!(
+                "config {} is invalid:\n{e}",
+                flags.config_file.display()
+            ))
+        })?;
+        for w in &loaded.warnings {
+            warn!(warning = %w, "config");
+        }
+        (ConfigSource::File(flags.config_file.clone()), loaded.config)
+    };
+
+    let addr = resolve_listen(&flags.listen_address).await?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Fatal::Other(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Fatal::Other(e.to_string()))?;
+    info!(
+        version = timattr_exporter::VERSION,
+        listen_address = %local,
+        apps = config.apps.len(),
+        groups = daemon::Daemon::configured_groups(&config, shard),
+        shard = shard.ordinal,
+        total_shards = shard.total,
+        "timattr_exporter starting"
+    );
+    if flags.demo {
+        let port = local.port();
+        info!(
+            "demo: open http://localhost:{port}/metrics (metrics), http://localhost:{port}/ (landing page)"
+        );
+    }
+
+    let (trigger, stop) = shutdown::channel();
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    spawn_signal_handler(trigger, reload_tx)?;
+    let options = Options {
+        source,
+        config,
+        shard,
+        server: ServerOptions {
+            web_config_file: flags.web_config_file.clone(),
+            ..ServerOptions::default()
+        },
+        build: build_info(),
+        reloads: reload_rx,
+    };
+    let result = daemon::run(options, listener, stop).await;
+    drop(demo_server);
+    result.map_err(|e| Fatal::Other(format!("HTTP server failed: {e}")))?;
+    info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM and SIGINT stop the daemon; SIGHUP reloads the config.
+fn spawn_signal_handler(
+    trigger: shutdown::Trigger,
+    reloads: tokio::sync::mpsc::Sender<()>,
+) -> Result<(), Fatal> {
+    use futures::StreamExt;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook_tokio::Signals::new([SIGHUP, SIGINT, SIGTERM])
+        .map_err(|e| Fatal::Other(format!("cannot install signal handlers: {e}")))?;
+    tokio::spawn(async move {
+        while let Some(signal) = signals.next().await {
+            match signal {
+                SIGHUP => {
+                    info!("SIGHUP: reloading the config");
+                    let _ = reloads.try_send(());
+                }
+                _ => {
+                    info!(signal, "stopping");
+                    trigger.fire();
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The demo's config: the fake API's sample app, polled every 10 s so changes show quickly.
+fn demo_config(base_url: &url::Url) -> Result<Config, Fatal> {
+    let groups: String = fake::demo_group_ids()
+        .iter()
+        .map(|id| format!("      - {}\n", serde_json::Value::String(id.clone())))
+        .collect();
+    let yaml = format!(
+        "poll_interval: 10s\nvalue_hashes: per_key\napps:\n  - sdkappid: {app}\n    endpoint: {endpoint}\n    identifier: {ident}\n    secret_key: {key}\n    usersig_ttl: 1h\n    rate_limit: 50\n    timeout: 2s\n    groups:\n{groups}",
+        app = fake::DEMO_SDKAPPID,
+        endpoint = serde_json::Value::String(base_url.to_string()),
+        ident = serde_json::Value::String(fake::DEMO_IDENTIFIER.to_owned()),
+        key = serde_json::Value::String(fake::DEMO_SECRET_KEY.to_owned()),
+    );
+    config::parse(&yaml, &|_| None, std::path::Path::new("."))
+        .map(|l| l.config)
+        .map_err(|e| Fatal::Other(format!("demo config is invalid (a bug): {e}")))
+}

@@ -1,0 +1,211 @@
+//! The real binary against the fake API: startup log, metrics after polls, change counting,
+//! deleted (10010) and unreadable (10007) groups, reload by signal and by HTTP, SIGTERM, exit
+//! codes and `--config.check`.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+use timattr_exporter::fake::GroupType;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_counts_changes_and_handles_deleted_and_denied_groups() {
+    let server = fake_with_app().await;
+    group(&server, "@TGS#ok", &[("status", "open"), ("pin", "1")]);
+    group(&server, "@TGS#gone", &[("a", "b")]);
+    server
+        .fake
+        .create_group(APP, "@TGS#voice", GroupType::AVChatRoom)
+        .unwrap();
+    server.fake.set_attr_support(APP, GroupType::AVChatRoom, false);
+    let cfg = ConfigDir::new(
+        server.base_url().as_str(),
+        &["@TGS#ok", "@TGS#gone", "@TGS#voice"],
+        "",
+    );
+    let exporter = Exporter::start(&cfg.path(), &[]);
+    let startup = exporter.logs();
+    assert!(startup.contains("version="), "{startup}");
+    assert!(startup.contains("apps=1"), "{startup}");
+    assert!(startup.contains("groups=3"), "{startup}");
+
+    let url = exporter.url("/metrics");
+    let ok = [("group_id", "@TGS#ok")];
+    let text = eventually(WAIT, || async {
+        let t = scrape(&url).await;
+        (value(&t, "timattr_group_up", &ok) == Some(1.0)
+            && value(&t, "timattr_group_error_code", &[("group_id", "@TGS#voice")]).is_some())
+        .then_some(t)
+    })
+    .await
+    .expect("first polls show up");
+    assert_eq!(value(&text, "timattr_group_attributes", &ok), Some(2.0));
+    assert_eq!(value(&text, "timattr_group_attributes_bytes", &ok), Some(5.0));
+    assert_eq!(
+        value(&text, "timattr_group_attribute_changes_total", &[("group_id", "@TGS#ok"), ("change", "modified")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&text, "timattr_group_error_code", &[("group_id", "@TGS#voice")]),
+        Some(10007.0)
+    );
+    assert_eq!(value(&text, "timattr_group_attributes", &[("group_id", "@TGS#voice")]), None);
+    assert_eq!(value(&text, "timattr_groups", &[]), Some(3.0));
+
+    // Change attributes: one modified, one added, one removed.
+    server
+        .fake
+        .set_attrs(APP, "@TGS#ok", &[("status", "closed"), ("topic", "x")])
+        .unwrap();
+    server.fake.destroy_group(APP, "@TGS#gone").unwrap();
+    let text = eventually(WAIT, || async {
+        let t = scrape(&url).await;
+        (value(&t, "timattr_group_attribute_changes_total", &[("group_id", "@TGS#ok"), ("change", "modified")]) == Some(1.0)
+            && value(&t, "timattr_group_error_code", &[("group_id", "@TGS#gone")]) == Some(10010.0))
+        .then_some(t)
+    })
+    .await
+    .expect("changes counted and the deleted group seen");
+    for (change, n) in [("added", 1.0), ("removed", 1.0), ("modified", 1.0)] {
+        assert_eq!(
+            value(&text, "timattr_group_attribute_changes_total", &[("group_id", "@TGS#ok"), ("change", change)]),
+            Some(n),
+            "{change}"
+        );
+    }
+    assert_eq!(value(&text, "timattr_group_up", &[("group_id", "@TGS#gone")]), Some(0.0));
+    assert_eq!(
+        value(&text, "timattr_group_attributes", &[("group_id", "@TGS#gone")]),
+        None,
+        "a deleted group's attribute series are removed"
+    );
+    assert_eq!(
+        value(&text, "timattr_groups_by_error_code", &[("error_code", "10010")]),
+        Some(1.0)
+    );
+    assert!(exporter.wait_for_log("attributes changed", WAIT).is_some());
+    assert!(!exporter.logs().contains(KEY));
+    assert!(!text.contains(KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_by_signal_and_http_and_exits_0_on_sigterm() {
+    let server = fake_with_app().await;
+    group(&server, "@TGS#a", &[("k", "v")]);
+    group(&server, "@TGS#b", &[("k", "v")]);
+    let cfg = ConfigDir::new(server.base_url().as_str(), &["@TGS#a"], "");
+    let mut exporter = Exporter::start(&cfg.path(), &[]);
+    let url = exporter.url("/metrics");
+    let client = reqwest::Client::new();
+
+    assert_eq!(client.get(exporter.url("/-/healthy")).send().await.unwrap().status(), 200);
+    eventually(WAIT, || async {
+        let s = client.get(exporter.url("/-/ready")).send().await.ok()?.status();
+        (s == 200).then_some(())
+    })
+    .await
+    .expect("ready");
+    let a = [("group_id", "@TGS#a")];
+    eventually(WAIT, || async {
+        let t = scrape(&url).await;
+        (value(&t, "timattr_group_up", &a) == Some(1.0)).then_some(())
+    })
+    .await
+    .expect("a polled");
+
+    // SIGHUP with a second group added: the first keeps its counters, the second appears.
+    cfg.write(server.base_url().as_str(), &["@TGS#a", "@TGS#b"], "");
+    exporter.signal("HUP");
+    eventually(WAIT, || async {
+        let t = scrape(&url).await;
+        (value(&t, "timattr_group_up", &[("group_id", "@TGS#b")]) == Some(1.0)
+            && value(&t, "timattr_groups", &[]) == Some(2.0))
+        .then_some(())
+    })
+    .await
+    .expect("reload by SIGHUP applied");
+
+    // A bad config over HTTP: 500 with the error text, the old config keeps running.
+    std::fs::write(cfg.path(), "apps: []\nbogus: 1\n").unwrap();
+    let resp = client.post(exporter.url("/-/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("bogus"), "{body}");
+    let t = scrape(&url).await;
+    assert_eq!(value(&t, "timattr_config_last_reload_successful", &[]), Some(0.0));
+    assert_eq!(value(&t, "timattr_groups", &[]), Some(2.0));
+    assert_eq!(
+        client.get(exporter.url("/-/reload")).send().await.unwrap().status(),
+        405
+    );
+
+    // A good config over HTTP: only b remains; a's series vanish.
+    cfg.write(server.base_url().as_str(), &["@TGS#b"], "");
+    let resp = client.post(exporter.url("/-/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let t = scrape(&url).await;
+    assert_eq!(value(&t, "timattr_config_last_reload_successful", &[]), Some(1.0));
+    assert_eq!(value(&t, "timattr_group_up", &a), None);
+
+    exporter.signal("TERM");
+    assert_eq!(exporter.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn bad_config_exits_64_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("timattr.yml");
+    std::fs::write(
+        &path,
+        "apps:\n  - sdkappid: 1400000000\n    region: mars\n    identifier: admin\n    secret_key: x\n    groups: [\"@TGS#a\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(exporter_bin())
+        .arg(format!("--config.file={}", path.display()))
+        .arg("--web.listen-address=127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("apps[0].region"), "{stderr}");
+
+    let out = Command::new(exporter_bin())
+        .arg("--no-such-flag")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let out = Command::new(exporter_bin())
+        .args(["--total-shards=2", "--shard=2", "--config.check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn config_check_prints_the_result_without_secrets() {
+    let cfg = ConfigDir::new("http://127.0.0.1:9/", &["@TGS#a", "@TGS#b"], "");
+    let out = Command::new(exporter_bin())
+        .arg(format!("--config.file={}", cfg.path().display()))
+        .arg("--config.check")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("valid"), "{stdout}");
+    assert!(stdout.contains(&APP.to_string()), "{stdout}");
+    assert!(!stdout.contains(KEY) && !stderr.contains(KEY));
+
+    std::fs::write(cfg.path(), "poll_interval: 0s\napps: []\n").unwrap();
+    let out = Command::new(exporter_bin())
+        .arg(format!("--config.file={}", cfg.path().display()))
+        .arg("--config.check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("poll_interval") && stdout.contains("apps"), "all errors at once: {stdout}");
+}

@@ -1,0 +1,284 @@
+//! Shared helpers for the integration tests: a fake API with one app, the exporter binary as a
+//! child process with captured logs, scraping, and waiting for conditions instead of sleeping.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use timattr_exporter::fake::{AppSpec, Fake, FakeServer, GroupType, Scenario};
+use timattr_exporter::secret::SecretKey;
+
+pub const APP: u64 = 1_400_000_001;
+pub const ADMIN: &str = "administrator";
+/// Distinctive, so a test can grep every output for it.
+pub const KEY: &str = "s3cr3t-KEY-4e1f0c9d2b7a6e5f8c3d1b0a9e8f7c6d";
+
+/// A fake API serving one app whose admin signs with [`KEY`].
+pub async fn fake_with_app() -> FakeServer {
+    let server = Fake::start(Scenario::default())
+        .await
+        .expect("fake API starts");
+    server.fake.add_app(AppSpec::new(APP, ADMIN, SecretKey::new(KEY)));
+    server
+}
+
+pub fn group(server: &FakeServer, id: &str, attrs: &[(&str, &str)]) {
+    server
+        .fake
+        .create_group(APP, id, GroupType::Public)
+        .expect("group created");
+    server.fake.set_attrs(APP, id, attrs).expect("attrs set");
+}
+
+/// A config file for the exporter pointing at the fake, with the key in a file.
+pub struct ConfigDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl ConfigDir {
+    pub fn new(base_url: &str, groups: &[&str], extra_top: &str) -> ConfigDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("key"), format!("{KEY}\n")).expect("write key");
+        let mut perms = std::fs::metadata(dir.path().join("key")).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+        std::fs::set_permissions(dir.path().join("key"), perms).unwrap();
+        let cfg = ConfigDir { dir };
+        cfg.write(base_url, groups, extra_top);
+        cfg
+    }
+
+    pub fn write(&self, base_url: &str, groups: &[&str], extra_top: &str) {
+        let groups: String = groups
+            .iter()
+            .map(|g| format!("      - \"{g}\"\n"))
+            .collect();
+        let yaml = format!(
+            "poll_interval: 1s\n{extra_top}apps:\n  - sdkappid: {APP}\n    endpoint: {base_url}\n    identifier: {ADMIN}\n    secret_key_file: key\n    rate_limit: 50\n    timeout: 2s\n    usersig_ttl: 1h\n    groups:\n{groups}"
+        );
+        std::fs::write(self.path(), yaml).expect("write config");
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("timattr.yml")
+    }
+}
+
+/// The exporter binary as a child process; stderr (the log) is collected line by line.
+pub struct Exporter {
+    pub child: Child,
+    pub addr: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn exporter_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_timattr_exporter")
+}
+
+impl Exporter {
+    /// Starts the exporter on 127.0.0.1:0 and learns the bound port from its startup log line.
+    pub fn start(config: &Path, extra: &[&str]) -> Exporter {
+        let mut child = Command::new(exporter_bin())
+            .arg(format!("--config.file={}", config.display()))
+            .arg("--web.listen-address=127.0.0.1:0")
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("exporter starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr piped");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut exporter = Exporter {
+            child,
+            addr: String::new(),
+            log,
+        };
+        let line = exporter
+            .wait_for_log("timattr_exporter starting", Duration::from_secs(20))
+            .expect("startup log line");
+        let addr = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("listen_address="))
+            .expect("listen_address in the startup line")
+            .trim_matches('"')
+            .to_owned();
+        exporter.addr = addr;
+        exporter
+    }
+
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return Some(l.clone());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, returning its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn scrape(url: &str) -> String {
+    reqwest::get(url)
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body")
+}
+
+/// The value of the first sample whose line starts with `series` (name plus labels as rendered).
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?;
+        let rest = rest.strip_prefix(' ')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Polls `check` until it returns Some or the timeout passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One parsed sample line of the text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Parses the sample lines of a text exposition (label values unescaped).
+pub fn parse_samples(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (name, rest) = match line.find('{') {
+            Some(i) => (&line[..i], &line[i + 1..]),
+            None => {
+                let mut it = line.split_whitespace();
+                let name = it.next().unwrap_or_default();
+                let value = it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+                out.push(Sample {
+                    name: name.to_owned(),
+                    labels: vec![],
+                    value,
+                });
+                continue;
+            }
+        };
+        let mut labels = Vec::new();
+        let mut chars = rest.char_indices().peekable();
+        let mut key = String::new();
+        let mut end = rest.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '}' => {
+                    end = i + 1;
+                    break;
+                }
+                ',' | ' ' => {}
+                '=' => {
+                    // value in quotes
+                    let _ = chars.next(); // opening quote
+                    let mut value = String::new();
+                    while let Some((_, c)) = chars.next() {
+                        match c {
+                            '\\' => match chars.next().map(|(_, c)| c) {
+                                Some('n') => value.push('\n'),
+                                Some(c) => value.push(c),
+                                None => {}
+                            },
+                            '"' => break,
+                            c => value.push(c),
+                        }
+                    }
+                    labels.push((std::mem::take(&mut key), value));
+                }
+                c => key.push(c),
+            }
+        }
+        let value = rest[end..]
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        out.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+/// The value of the sample `name` whose labels include all of `want`.
+pub fn value(text: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+    parse_samples(text).into_iter().find_map(|s| {
+        (s.name == name
+            && want
+                .iter()
+                .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v)))
+        .then_some(s.value)
+    })
+}
