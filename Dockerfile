@@ -2,7 +2,8 @@
 #
 # timattr_exporter container image.
 #
-#   docker build -t timattr_exporter:0.1.0 .
+#   docker build -t timattr_exporter:0.1.0 \
+#     --build-arg TIMATTR_REVISION="$(git rev-parse --short=12 HEAD)" .
 #   docker run --rm -p 9877:9877 \
 #     -v "$PWD/timattr.yml:/etc/timattr_exporter/timattr.yml:ro" \
 #     -v "$PWD/secret_key:/run/secrets/tim/secret_key:ro" \
@@ -21,6 +22,9 @@ WORKDIR /src
 # The whole context (.dockerignore keeps out target/ and .git): Cargo.toml may name benches,
 # tests and examples, and the code may include_str! files outside src/.
 COPY . .
+# build.rs takes timattr_build_info's revision from TIMATTR_REVISION when .git is absent, as it
+# is here: docker build --build-arg TIMATTR_REVISION="$(git rev-parse --short=12 HEAD)" .
+ARG TIMATTR_REVISION=unknown
 # --locked: build exactly the committed Cargo.lock, or fail.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

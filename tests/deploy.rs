@@ -6,6 +6,7 @@
 //! `--total-shards`). The `Dockerfile` is checked for what a build would trip on: copied paths,
 //! the binary name, the port, the user, `--locked` with a committed `Cargo.lock`.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -53,7 +54,11 @@ fn manifests() -> Vec<(String, Value)> {
     files.sort();
     let mut docs = Vec::new();
     for path in files {
-        let name = path.file_name().expect("a file").to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .expect("a file")
+            .to_string_lossy()
+            .into_owned();
         let text = read(&path);
         for doc in serde_yaml::Deserializer::from_str(&text) {
             let value = Value::deserialize(doc).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -70,9 +75,15 @@ fn object(kind: &str, name: &str) -> Value {
     let found: Vec<Value> = manifests()
         .into_iter()
         .map(|(_, v)| v)
-        .filter(|v| v["kind"].as_str() == Some(kind) && v["metadata"]["name"].as_str() == Some(name))
+        .filter(|v| {
+            v["kind"].as_str() == Some(kind) && v["metadata"]["name"].as_str() == Some(name)
+        })
         .collect();
-    assert_eq!(found.len(), 1, "exactly one {kind}/{name} in deploy/kubernetes");
+    assert_eq!(
+        found.len(),
+        1,
+        "exactly one {kind}/{name} in deploy/kubernetes"
+    );
     found.into_iter().next().expect("checked above")
 }
 
@@ -105,12 +116,18 @@ fn flag_value(sts: &Value, flag: &str) -> String {
         .iter()
         .filter_map(|a| a.strip_prefix(&prefix).map(str::to_owned))
         .collect();
-    assert_eq!(values.len(), 1, "{flag}=VALUE given once in {:?}", args(sts));
+    assert_eq!(
+        values.len(),
+        1,
+        "{flag}=VALUE given once in {:?}",
+        args(sts)
+    );
     values.into_iter().next().expect("checked above")
 }
 
 fn str_at<'a>(v: &'a Value, what: &str) -> &'a str {
-    v.as_str().unwrap_or_else(|| panic!("{what} is a string, got {v:?}"))
+    v.as_str()
+        .unwrap_or_else(|| panic!("{what} is a string, got {v:?}"))
 }
 
 /// Whether a `matchLabels` selector picks an object with these labels.
@@ -195,9 +212,15 @@ fn validator_rejects_misspelt_fields_bad_values_and_unknown_kinds() {
     assert!(!out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("0 passed, 3 failed"), "{}", describe(&out));
-    assert!(stdout.contains("'readOnlyRootFilesytem' was unexpected"), "{stdout}");
+    assert!(
+        stdout.contains("'readOnlyRootFilesytem' was unexpected"),
+        "{stdout}"
+    );
     assert!(stdout.contains("'30 seconds' does not match"), "{stdout}");
-    assert!(stdout.contains("no schema for example.com/v1 Widget"), "{stdout}");
+    assert!(
+        stdout.contains("no schema for example.com/v1 Widget"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -215,12 +238,15 @@ fn statefulset_args_name_real_flags_and_shard_by_pod_ordinal() {
         "--shard.from-hostname",
     ] {
         assert!(
-            args.iter().any(|a| a == required || a.starts_with(&format!("{required}="))),
+            args.iter()
+                .any(|a| a == required || a.starts_with(&format!("{required}="))),
             "{required} in {args:?}"
         );
     }
     assert!(
-        !args.iter().any(|a| a == "--shard" || a.starts_with("--shard=")),
+        !args
+            .iter()
+            .any(|a| a == "--shard" || a.starts_with("--shard=")),
         "the ordinal comes from the hostname, not a fixed --shard"
     );
     assert!(
@@ -233,7 +259,10 @@ fn statefulset_args_name_real_flags_and_shard_by_pod_ordinal() {
         .parse()
         .expect("--total-shards is a number");
     assert_eq!(sts["spec"]["replicas"].as_u64(), Some(total));
-    assert!(args[3].starts_with("--total-shards="), "README patches args/3");
+    assert!(
+        args[3].starts_with("--total-shards="),
+        "README patches args/3"
+    );
     assert!(read(&k8s_dir().join("README.md")).contains("/args/3"));
 
     // The hostname is the pod name: set it from the downward API too.
@@ -246,8 +275,8 @@ fn statefulset_args_name_real_flags_and_shard_by_pod_ordinal() {
     );
 }
 
-/// The flags the StatefulSet passes are the ones the binary accepts, and its default port is
-/// the one the manifests and the Dockerfile use.
+/// The flags the StatefulSet passes are the ones the binary documents, and its default port
+/// is the one the manifests and the Dockerfile use.
 #[test]
 fn binary_help_lists_every_flag_the_statefulset_uses() {
     let out = Command::new(env!("CARGO_BIN_EXE_timattr_exporter"))
@@ -258,11 +287,63 @@ fn binary_help_lists_every_flag_the_statefulset_uses() {
     assert!(out.status.success(), "{}", describe(&out));
     for arg in args(&statefulset()) {
         let flag = arg.split('=').next().expect("split yields one item");
-        assert!(help.contains(flag), "`{BINARY} --help` has no {flag}:\n{help}");
+        // "--shard " is not "--shard.from-hostname": match the flag and the space after it.
+        assert!(
+            help.contains(&format!("{flag} ")),
+            "`{BINARY} --help` has no {flag}:\n{help}"
+        );
     }
     assert!(
-        help.contains(&format!(":{PORT}")),
+        help.contains(&format!("[default: :{PORT}]")),
         "the default listen address is :{PORT}:\n{help}"
+    );
+}
+
+/// The StatefulSet's exact args, run by the real binary with `--config.check` in every pod's
+/// place: each ordinal below `replicas` is a valid shard, and one more pod would be refused.
+#[test]
+fn statefulset_args_pass_config_check_in_every_pod() {
+    let sts = statefulset();
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let config_path = tmp.path().join("timattr.yml");
+    std::fs::write(&config_path, stand_in_config(&sts, tmp.path())).expect("write the config");
+    let config_flag = format!("--config.file={}", config_path.display());
+    let args: Vec<String> = args(&sts)
+        .into_iter()
+        .map(|a| {
+            if a.starts_with("--config.file=") {
+                config_flag.clone()
+            } else {
+                a
+            }
+        })
+        .chain(["--config.check".to_owned()])
+        .collect();
+    let replicas = sts["spec"]["replicas"]
+        .as_u64()
+        .expect("replicas is a number");
+    let check = |ordinal: u64| {
+        Command::new(env!("CARGO_BIN_EXE_timattr_exporter"))
+            .args(&args)
+            .env("HOSTNAME", format!("timattr-exporter-{ordinal}"))
+            .output()
+            .expect("the binary runs")
+    };
+    for ordinal in 0..replicas {
+        let out = check(ordinal);
+        assert!(out.status.success(), "pod {ordinal}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("is valid"),
+            "{}",
+            describe(&out)
+        );
+    }
+    let out = check(replicas);
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "a pod beyond --total-shards: {}",
+        describe(&out)
     );
 }
 
@@ -276,7 +357,10 @@ fn probes_and_ports_match_the_exporter() {
     assert_eq!(ports[0]["containerPort"].as_u64(), Some(PORT));
     assert_eq!(flag_value(&sts, "--web.listen-address"), format!(":{PORT}"));
 
-    for (probe, path) in [("livenessProbe", "/-/healthy"), ("readinessProbe", "/-/ready")] {
+    for (probe, path) in [
+        ("livenessProbe", "/-/healthy"),
+        ("readinessProbe", "/-/ready"),
+    ] {
         let get = &c[probe]["httpGet"];
         assert_eq!(get["path"].as_str(), Some(path), "{probe}");
         assert_eq!(get["port"].as_str(), Some("metrics"), "{probe}");
@@ -303,7 +387,10 @@ fn pods_run_as_non_root_on_a_read_only_root_filesystem() {
     for ctx in [&pod["securityContext"], &c["securityContext"]] {
         assert_eq!(ctx["runAsNonRoot"].as_bool(), Some(true));
         assert_eq!(ctx["runAsUser"].as_u64(), Some(65532));
-        assert_eq!(ctx["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"));
+        assert_eq!(
+            ctx["seccompProfile"]["type"].as_str(),
+            Some("RuntimeDefault")
+        );
     }
     let ctx = &c["securityContext"];
     assert_eq!(ctx["readOnlyRootFilesystem"].as_bool(), Some(true));
@@ -317,7 +404,11 @@ fn pods_run_as_non_root_on_a_read_only_root_filesystem() {
 
     // The image's user is the one the pod runs as.
     let user = dockerfile_instruction("USER");
-    assert_eq!(user.split(':').next(), Some("65532"), "Dockerfile USER {user}");
+    assert_eq!(
+        user.split(':').next(),
+        Some("65532"),
+        "Dockerfile USER {user}"
+    );
 }
 
 #[test]
@@ -331,8 +422,14 @@ fn mounts_match_the_embedded_config() {
     let config_mount = volume_mount(c, "config");
     let (dir, key) = config_file.rsplit_once('/').expect("an absolute path");
     assert_eq!(config_mount["mountPath"].as_str(), Some(dir));
-    assert!(config_mount["subPath"].is_null(), "no subPath: edits must reach the pod");
-    let cm_name = str_at(&volume(&sts, "config")["configMap"]["name"], "configMap.name");
+    assert!(
+        config_mount["subPath"].is_null(),
+        "no subPath: edits must reach the pod"
+    );
+    let cm_name = str_at(
+        &volume(&sts, "config")["configMap"]["name"],
+        "configMap.name",
+    );
     let cm = object("ConfigMap", cm_name);
     let config_text = str_at(&cm["data"][key], "the config in the ConfigMap");
     let config: Value = serde_yaml::from_str(config_text).expect("the embedded config is YAML");
@@ -361,7 +458,10 @@ fn mounts_match_the_embedded_config() {
     );
     assert_eq!(secret["type"].as_str(), Some("Opaque"));
     let value = str_at(&secret["stringData"][key], "the Secret's key");
-    assert!(value.starts_with("REPLACE"), "a placeholder, never a real key");
+    assert!(
+        value.starts_with("REPLACE"),
+        "a placeholder, never a real key"
+    );
 
     // state_file lives on the per-shard volume, the only writable mount.
     let state_file = str_at(&config["state_file"], "state_file");
@@ -371,8 +471,15 @@ fn mounts_match_the_embedded_config() {
     let claims = sts["spec"]["volumeClaimTemplates"]
         .as_sequence()
         .expect("volumeClaimTemplates is a list");
-    assert!(claims.iter().any(|t| t["metadata"]["name"].as_str() == Some("state")));
-    for m in c["volumeMounts"].as_sequence().expect("volumeMounts is a list") {
+    assert!(
+        claims
+            .iter()
+            .any(|t| t["metadata"]["name"].as_str() == Some("state"))
+    );
+    for m in c["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts is a list")
+    {
         if m["name"].as_str() != Some("state") {
             assert_eq!(m["readOnly"].as_bool(), Some(true), "{m:?}");
         }
@@ -385,6 +492,48 @@ fn mounts_match_the_embedded_config() {
     );
 }
 
+/// The config in the ConfigMap, with its `secret_key_file` pointed at an owner-only stand-in
+/// key written into `dir` (the Secret's mount does not exist here).
+fn stand_in_config(sts: &Value, dir: &Path) -> String {
+    let config_file = flag_value(sts, "--config.file");
+    let (_, key) = config_file.rsplit_once('/').expect("an absolute path");
+    let cm_name = str_at(
+        &volume(sts, "config")["configMap"]["name"],
+        "configMap.name",
+    );
+    let cm = object("ConfigMap", cm_name);
+    let text = str_at(&cm["data"][key], "the config in the ConfigMap");
+
+    let key_file = dir.join("secret_key");
+    std::fs::write(&key_file, "placeholder\n").expect("write the stand-in key");
+    // Owner-only, as the exporter wants a key file. (In the pod, fsGroup makes the mounted key
+    // 0440 root:65532, which the exporter reports as a warning: see deploy/kubernetes/README.md.)
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod the stand-in key");
+    let mounted_key = "/run/secrets/tim/secret_key";
+    assert!(text.contains(mounted_key));
+    text.replace(mounted_key, key_file.to_str().expect("a UTF-8 temp path"))
+}
+
+/// The example config is one the exporter accepts, parsed by the real config module.
+#[test]
+fn embedded_config_is_accepted_by_the_exporter() {
+    let sts = statefulset();
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let yaml = stand_in_config(&sts, tmp.path());
+    let loaded = timattr_exporter::config::parse(&yaml, &|_| None, tmp.path())
+        .unwrap_or_else(|e| panic!("the ConfigMap's config is rejected:\n{e}"));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(
+        loaded.config.state_file.as_deref(),
+        Some(Path::new("/var/lib/timattr_exporter/state.json"))
+    );
+    for app in &loaded.config.apps {
+        assert!(app.rate_limit <= 200.0, "within the API's documented 200/s");
+        assert!(!app.groups.is_empty());
+    }
+}
+
 #[test]
 fn selectors_pick_exactly_the_intended_objects() {
     let sts = statefulset();
@@ -392,19 +541,30 @@ fn selectors_pick_exactly_the_intended_objects() {
     assert!(selects(&sts["spec"]["selector"], pod_labels));
 
     let headless = object("Service", "timattr-exporter-headless");
-    assert_eq!(sts["spec"]["serviceName"].as_str(), Some("timattr-exporter-headless"));
+    assert_eq!(
+        sts["spec"]["serviceName"].as_str(),
+        Some("timattr-exporter-headless")
+    );
     assert_eq!(headless["spec"]["clusterIP"].as_str(), Some("None"));
     let metrics = object("Service", "timattr-exporter");
     for svc in [&headless, &metrics] {
-        let wanted = svc["spec"]["selector"].as_mapping().expect("a selector map");
+        let wanted = svc["spec"]["selector"]
+            .as_mapping()
+            .expect("a selector map");
         assert!(wanted.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
     }
 
     // The ServiceMonitor picks the metrics Service and not the headless one: a pod scraped
     // through both would have every series twice.
     let sm = object("ServiceMonitor", "timattr-exporter");
-    assert!(selects(&sm["spec"]["selector"], &metrics["metadata"]["labels"]));
-    assert!(!selects(&sm["spec"]["selector"], &headless["metadata"]["labels"]));
+    assert!(selects(
+        &sm["spec"]["selector"],
+        &metrics["metadata"]["labels"]
+    ));
+    assert!(!selects(
+        &sm["spec"]["selector"],
+        &headless["metadata"]["labels"]
+    ));
     let endpoints = sm["spec"]["endpoints"].as_sequence().expect("a list");
     assert_eq!(endpoints.len(), 1);
     assert_eq!(endpoints[0]["port"].as_str(), Some("metrics"));
@@ -412,7 +572,9 @@ fn selectors_pick_exactly_the_intended_objects() {
 
     let pm = object("PodMonitor", "timattr-exporter");
     assert!(selects(&pm["spec"]["selector"], pod_labels));
-    let endpoints = pm["spec"]["podMetricsEndpoints"].as_sequence().expect("a list");
+    let endpoints = pm["spec"]["podMetricsEndpoints"]
+        .as_sequence()
+        .expect("a list");
     assert_eq!(endpoints[0]["port"].as_str(), Some("metrics"));
 
     let pdb = object("PodDisruptionBudget", "timattr-exporter");
@@ -449,7 +611,11 @@ fn kustomization_lists_every_manifest_and_one_scrape_config() {
         .filter(|f| f != "kustomization.yaml" && !resources.contains(&f.as_str()))
         .collect();
     unlisted.dedup();
-    assert_eq!(unlisted, ["podmonitor.yaml"], "only the alternative is left out");
+    assert_eq!(
+        unlisted,
+        ["podmonitor.yaml"],
+        "only the alternative is left out"
+    );
     assert!(resources.contains(&"servicemonitor.yaml"));
 
     let sts = statefulset();
@@ -491,7 +657,7 @@ fn dockerfile_instruction(op: &str) -> String {
         .into_iter()
         .filter(|(o, _)| o == op)
         .map(|(_, rest)| rest)
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("Dockerfile has {op}"))
 }
 
@@ -553,6 +719,17 @@ fn dockerfile_builds_the_real_binary_locked_and_runs_it_as_non_root() {
         .expect("git runs");
     assert!(tracked.status.success(), "Cargo.lock is committed");
 
+    // .git is not in the context: build.rs's revision comes from a build argument.
+    let build_rs = repo().join("build.rs");
+    if build_rs.exists() && read(&build_rs).contains("TIMATTR_REVISION") {
+        assert!(
+            instructions
+                .iter()
+                .any(|(op, rest)| op == "ARG" && rest.starts_with("TIMATTR_REVISION")),
+            "Dockerfile passes ARG TIMATTR_REVISION to build.rs"
+        );
+    }
+
     // The runtime image: the binary at the entrypoint, the port, a non-root numeric user.
     assert!(instructions.iter().any(|(op, rest)| op == "COPY"
         && rest.starts_with("--from=build")
@@ -573,7 +750,7 @@ fn dockerfile_builds_the_real_binary_locked_and_runs_it_as_non_root() {
         .iter()
         .filter(|(op, _)| op == "FROM")
         .map(|(_, rest)| rest.as_str())
-        .last()
+        .next_back()
         .expect("a FROM");
     assert!(
         runtime.contains("distroless/cc") || runtime.contains("ca-certificates"),
@@ -595,7 +772,14 @@ fn dockerignore_keeps_everything_the_build_needs() {
             !entry.contains(['*', '?', '!', '/', '[']),
             "{entry}: only plain top-level names, which this test can reason about"
         );
-        for needed in ["Cargo.toml", "Cargo.lock", "src", "build.rs", "benches", "tests"] {
+        for needed in [
+            "Cargo.toml",
+            "Cargo.lock",
+            "src",
+            "build.rs",
+            "benches",
+            "tests",
+        ] {
             assert_ne!(entry, &needed, ".dockerignore excludes {needed}");
         }
     }
