@@ -1,0 +1,811 @@
+//! The deployment files, checked without a cluster or a Docker engine.
+//!
+//! `deploy/kubernetes/` is schema-validated offline by `scripts/validate-k8s.sh`, then checked
+//! here against the code (flags, port), the SPEC (probe paths) and itself (mount paths against
+//! the embedded config, label selectors against the labels they must pick, replicas against
+//! `--total-shards`). The `Dockerfile` is checked for what a build would trip on: copied paths,
+//! the binary name, the port, the user, `--locked` with a committed `Cargo.lock`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// The binary, the image's entrypoint and the exporter's default port (SPEC "Names").
+const BINARY: &str = "timattr_exporter";
+const ENTRYPOINT: &str = "/usr/local/bin/timattr_exporter";
+const PORT: u64 = 9877;
+
+/// SPEC "Command line", plus `--shard.from-hostname` (the ordinal from the StatefulSet pod name).
+const SPEC_FLAGS: &[&str] = &[
+    "--config.file",
+    "--config.check",
+    "--web.listen-address",
+    "--web.config.file",
+    "--log.level",
+    "--log.format",
+    "--shard",
+    "--total-shards",
+    "--shard.from-hostname",
+    "--demo",
+];
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn k8s_dir() -> PathBuf {
+    repo().join("deploy/kubernetes")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Every YAML document of every manifest in `deploy/kubernetes`, with its file name.
+fn manifests() -> Vec<(String, Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(k8s_dir())
+        .expect("deploy/kubernetes exists")
+        .map(|entry| entry.expect("readable directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    let mut docs = Vec::new();
+    for path in files {
+        let name = path
+            .file_name()
+            .expect("a file")
+            .to_string_lossy()
+            .into_owned();
+        let text = read(&path);
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = Value::deserialize(doc).unwrap_or_else(|e| panic!("{name}: {e}"));
+            if !value.is_null() {
+                docs.push((name.clone(), value));
+            }
+        }
+    }
+    docs
+}
+
+/// The one object of this kind and name.
+fn object(kind: &str, name: &str) -> Value {
+    let found: Vec<Value> = manifests()
+        .into_iter()
+        .map(|(_, v)| v)
+        .filter(|v| {
+            v["kind"].as_str() == Some(kind) && v["metadata"]["name"].as_str() == Some(name)
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "exactly one {kind}/{name} in deploy/kubernetes"
+    );
+    found.into_iter().next().expect("checked above")
+}
+
+fn statefulset() -> Value {
+    object("StatefulSet", "timattr-exporter")
+}
+
+/// The exporter's container in the StatefulSet's pod template.
+fn container(sts: &Value) -> &Value {
+    let containers = sts["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .expect("containers is a list");
+    assert_eq!(containers.len(), 1, "one container: the exporter");
+    &containers[0]
+}
+
+fn args(sts: &Value) -> Vec<String> {
+    container(sts)["args"]
+        .as_sequence()
+        .expect("the container has args")
+        .iter()
+        .map(|a| a.as_str().expect("every arg is a string").to_owned())
+        .collect()
+}
+
+/// The value of `--flag=value` in the container's args.
+fn flag_value(sts: &Value, flag: &str) -> String {
+    let prefix = format!("{flag}=");
+    let values: Vec<String> = args(sts)
+        .iter()
+        .filter_map(|a| a.strip_prefix(&prefix).map(str::to_owned))
+        .collect();
+    assert_eq!(
+        values.len(),
+        1,
+        "{flag}=VALUE given once in {:?}",
+        args(sts)
+    );
+    values.into_iter().next().expect("checked above")
+}
+
+fn str_at<'a>(v: &'a Value, what: &str) -> &'a str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("{what} is a string, got {v:?}"))
+}
+
+/// Whether a `matchLabels` selector picks an object with these labels.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    assert!(
+        selector["matchExpressions"].is_null(),
+        "only matchLabels selectors are used (and checked)"
+    );
+    let wanted = selector["matchLabels"]
+        .as_mapping()
+        .expect("selector.matchLabels is a map");
+    assert!(!wanted.is_empty(), "an empty selector picks everything");
+    wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn volume_mount<'a>(c: &'a Value, volume: &str) -> &'a Value {
+    c["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts is a list")
+        .iter()
+        .find(|m| m["name"].as_str() == Some(volume))
+        .unwrap_or_else(|| panic!("volume {volume} is mounted"))
+}
+
+fn volume<'a>(sts: &'a Value, name: &str) -> &'a Value {
+    sts["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .expect("volumes is a list")
+        .iter()
+        .find(|v| v["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("volume {name} is declared"))
+}
+
+fn run_validator(args: &[&Path]) -> std::process::Output {
+    Command::new("bash")
+        .arg(repo().join("scripts/validate-k8s.sh"))
+        .args(args)
+        .output()
+        .expect("bash runs")
+}
+
+fn describe(out: &std::process::Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn manifests_pass_strict_offline_schema_validation() {
+    // Installs kubernetes-validate from PyPI on first use: if that fails, this test fails.
+    let out = run_validator(&[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let docs = manifests().len();
+    assert!(
+        stdout.contains(&format!("{docs} passed, 0 failed")),
+        "every one of the {docs} documents was validated:\n{stdout}"
+    );
+}
+
+#[test]
+fn validator_rejects_misspelt_fields_bad_values_and_unknown_kinds() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let sts = read(&k8s_dir().join("statefulset.yaml"));
+    let typo = sts.replace("readOnlyRootFilesystem", "readOnlyRootFilesytem");
+    assert_ne!(typo, sts);
+    std::fs::write(dir.path().join("typo.yaml"), typo).expect("write");
+    let sm = read(&k8s_dir().join("servicemonitor.yaml"));
+    let bad_interval = sm.replace("interval: 30s", "interval: 30 seconds");
+    assert_ne!(bad_interval, sm);
+    std::fs::write(dir.path().join("interval.yaml"), bad_interval).expect("write");
+    std::fs::write(
+        dir.path().join("unknown.yaml"),
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n",
+    )
+    .expect("write");
+
+    let out = run_validator(&[dir.path()]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("0 passed, 3 failed"), "{}", describe(&out));
+    assert!(
+        stdout.contains("'readOnlyRootFilesytem' was unexpected"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("'30 seconds' does not match"), "{stdout}");
+    assert!(
+        stdout.contains("no schema for example.com/v1 Widget"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn statefulset_args_name_real_flags_and_shard_by_pod_ordinal() {
+    let sts = statefulset();
+    let args = args(&sts);
+    for arg in &args {
+        let flag = arg.split('=').next().expect("split yields one item");
+        assert!(SPEC_FLAGS.contains(&flag), "{arg} is not a SPEC flag");
+    }
+    for required in [
+        "--config.file",
+        "--web.listen-address",
+        "--total-shards",
+        "--shard.from-hostname",
+    ] {
+        assert!(
+            args.iter()
+                .any(|a| a == required || a.starts_with(&format!("{required}="))),
+            "{required} in {args:?}"
+        );
+    }
+    assert!(
+        !args
+            .iter()
+            .any(|a| a == "--shard" || a.starts_with("--shard=")),
+        "the ordinal comes from the hostname, not a fixed --shard"
+    );
+    assert!(
+        container(&sts)["command"].is_null(),
+        "no command: the image's ENTRYPOINT runs the binary"
+    );
+
+    // replicas and --total-shards must match; README's scaling patch replaces args[3].
+    let total: u64 = flag_value(&sts, "--total-shards")
+        .parse()
+        .expect("--total-shards is a number");
+    assert_eq!(sts["spec"]["replicas"].as_u64(), Some(total));
+    assert!(
+        args[3].starts_with("--total-shards="),
+        "README patches args/3"
+    );
+    assert!(read(&k8s_dir().join("README.md")).contains("/args/3"));
+
+    // The hostname is the pod name: set it from the downward API too.
+    let env = container(&sts)["env"].as_sequence().expect("env is a list");
+    assert!(env.iter().any(|e| e["name"].as_str() == Some("HOSTNAME")
+        && e["valueFrom"]["fieldRef"]["fieldPath"].as_str() == Some("metadata.name")));
+    assert_eq!(
+        sts["spec"]["podManagementPolicy"].as_str(),
+        Some("Parallel")
+    );
+}
+
+/// The flags the StatefulSet passes are the ones the binary documents, and its default port
+/// is the one the manifests and the Dockerfile use.
+#[test]
+fn binary_help_lists_every_flag_the_statefulset_uses() {
+    let out = Command::new(env!("CARGO_BIN_EXE_timattr_exporter"))
+        .arg("--help")
+        .output()
+        .expect("the binary runs");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", describe(&out));
+    for arg in args(&statefulset()) {
+        let flag = arg.split('=').next().expect("split yields one item");
+        // "--shard " is not "--shard.from-hostname": match the flag and the space after it.
+        assert!(
+            help.contains(&format!("{flag} ")),
+            "`{BINARY} --help` has no {flag}:\n{help}"
+        );
+    }
+    assert!(
+        help.contains(&format!("[default: :{PORT}]")),
+        "the default listen address is :{PORT}:\n{help}"
+    );
+}
+
+/// The StatefulSet's exact args, run by the real binary with `--config.check` in every pod's
+/// place: each ordinal below `replicas` is a valid shard, and one more pod would be refused.
+#[test]
+fn statefulset_args_pass_config_check_in_every_pod() {
+    let sts = statefulset();
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let config_path = tmp.path().join("timattr.yml");
+    std::fs::write(&config_path, stand_in_config(&sts, tmp.path())).expect("write the config");
+    let config_flag = format!("--config.file={}", config_path.display());
+    let args: Vec<String> = args(&sts)
+        .into_iter()
+        .map(|a| {
+            if a.starts_with("--config.file=") {
+                config_flag.clone()
+            } else {
+                a
+            }
+        })
+        .chain(["--config.check".to_owned()])
+        .collect();
+    let replicas = sts["spec"]["replicas"]
+        .as_u64()
+        .expect("replicas is a number");
+    let check = |ordinal: u64| {
+        Command::new(env!("CARGO_BIN_EXE_timattr_exporter"))
+            .args(&args)
+            .env("HOSTNAME", format!("timattr-exporter-{ordinal}"))
+            .output()
+            .expect("the binary runs")
+    };
+    for ordinal in 0..replicas {
+        let out = check(ordinal);
+        assert!(out.status.success(), "pod {ordinal}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("is valid"),
+            "{}",
+            describe(&out)
+        );
+    }
+    let out = check(replicas);
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "a pod beyond --total-shards: {}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn probes_and_ports_match_the_exporter() {
+    let sts = statefulset();
+    let c = container(&sts);
+    let ports = c["ports"].as_sequence().expect("ports is a list");
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0]["name"].as_str(), Some("metrics"));
+    assert_eq!(ports[0]["containerPort"].as_u64(), Some(PORT));
+    assert_eq!(flag_value(&sts, "--web.listen-address"), format!(":{PORT}"));
+
+    for (probe, path) in [
+        ("livenessProbe", "/-/healthy"),
+        ("readinessProbe", "/-/ready"),
+    ] {
+        let get = &c[probe]["httpGet"];
+        assert_eq!(get["path"].as_str(), Some(path), "{probe}");
+        assert_eq!(get["port"].as_str(), Some("metrics"), "{probe}");
+    }
+
+    let svc = object("Service", "timattr-exporter");
+    let svc_ports = svc["spec"]["ports"].as_sequence().expect("ports is a list");
+    assert_eq!(svc_ports.len(), 1);
+    assert_eq!(svc_ports[0]["name"].as_str(), Some("metrics"));
+    assert_eq!(svc_ports[0]["port"].as_u64(), Some(PORT));
+    assert_eq!(svc_ports[0]["targetPort"].as_str(), Some("metrics"));
+
+    let res = &c["resources"];
+    assert_eq!(res["requests"]["cpu"].as_str(), Some("50m"));
+    assert_eq!(res["requests"]["memory"].as_str(), Some("64Mi"));
+    assert_eq!(res["limits"]["memory"].as_str(), Some("256Mi"));
+}
+
+#[test]
+fn pods_run_as_non_root_on_a_read_only_root_filesystem() {
+    let sts = statefulset();
+    let pod = &sts["spec"]["template"]["spec"];
+    let c = container(&sts);
+    for ctx in [&pod["securityContext"], &c["securityContext"]] {
+        assert_eq!(ctx["runAsNonRoot"].as_bool(), Some(true));
+        assert_eq!(ctx["runAsUser"].as_u64(), Some(65532));
+        assert_eq!(
+            ctx["seccompProfile"]["type"].as_str(),
+            Some("RuntimeDefault")
+        );
+    }
+    let ctx = &c["securityContext"];
+    assert_eq!(ctx["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(ctx["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(
+        ctx["capabilities"]["drop"].as_sequence().map(Vec::as_slice),
+        Some(&[Value::from("ALL")][..])
+    );
+    assert!(ctx["capabilities"]["add"].is_null());
+    assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(false));
+
+    // The image's user is the one the pod runs as.
+    let user = dockerfile_instruction("USER");
+    assert_eq!(
+        user.split(':').next(),
+        Some("65532"),
+        "Dockerfile USER {user}"
+    );
+}
+
+#[test]
+fn mounts_match_the_embedded_config() {
+    let sts = statefulset();
+    let c = container(&sts);
+    let pod = &sts["spec"]["template"]["spec"];
+
+    // --config.file is the ConfigMap's key under its mount.
+    let config_file = flag_value(&sts, "--config.file");
+    let config_mount = volume_mount(c, "config");
+    let (dir, key) = config_file.rsplit_once('/').expect("an absolute path");
+    assert_eq!(config_mount["mountPath"].as_str(), Some(dir));
+    assert!(
+        config_mount["subPath"].is_null(),
+        "no subPath: edits must reach the pod"
+    );
+    let cm_name = str_at(
+        &volume(&sts, "config")["configMap"]["name"],
+        "configMap.name",
+    );
+    let cm = object("ConfigMap", cm_name);
+    let config_text = str_at(&cm["data"][key], "the config in the ConfigMap");
+    let config: Value = serde_yaml::from_str(config_text).expect("the embedded config is YAML");
+
+    // secret_key_file is the Secret's key under its read-only, owner-only mount.
+    let apps = config["apps"].as_sequence().expect("apps is a list");
+    assert_eq!(apps.len(), 1);
+    let app = &apps[0];
+    assert_eq!(app["region"].as_str(), Some("singapore"));
+    for group in app["groups"].as_sequence().expect("groups is a list") {
+        let id = group.as_str().or(group["id"].as_str()).expect("a group ID");
+        assert!(id.starts_with("@TGS#"), "{id}");
+    }
+    let secret_file = str_at(&app["secret_key_file"], "secret_key_file");
+    let (dir, key) = secret_file.rsplit_once('/').expect("an absolute path");
+    let secret_mount = volume_mount(c, "tim-secret");
+    assert_eq!(secret_mount["mountPath"].as_str(), Some(dir));
+    assert_eq!(secret_mount["readOnly"].as_bool(), Some(true));
+    let secret_volume = &volume(&sts, "tim-secret")["secret"];
+    assert_eq!(secret_volume["defaultMode"].as_u64(), Some(0o400));
+    // Without fsGroup, a 0400 root-owned key file is unreadable by user 65532.
+    assert_eq!(pod["securityContext"]["fsGroup"].as_u64(), Some(65532));
+    let secret = object(
+        "Secret",
+        str_at(&secret_volume["secretName"], "secret.secretName"),
+    );
+    assert_eq!(secret["type"].as_str(), Some("Opaque"));
+    let value = str_at(&secret["stringData"][key], "the Secret's key");
+    assert!(
+        value.starts_with("REPLACE"),
+        "a placeholder, never a real key"
+    );
+
+    // state_file lives on the per-shard volume, the only writable mount.
+    let state_file = str_at(&config["state_file"], "state_file");
+    let (dir, _) = state_file.rsplit_once('/').expect("an absolute path");
+    let state_mount = volume_mount(c, "state");
+    assert_eq!(state_mount["mountPath"].as_str(), Some(dir));
+    let claims = sts["spec"]["volumeClaimTemplates"]
+        .as_sequence()
+        .expect("volumeClaimTemplates is a list");
+    assert!(
+        claims
+            .iter()
+            .any(|t| t["metadata"]["name"].as_str() == Some("state"))
+    );
+    for m in c["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts is a list")
+    {
+        if m["name"].as_str() != Some("state") {
+            assert_eq!(m["readOnly"].as_bool(), Some(true), "{m:?}");
+        }
+    }
+
+    // The image's default CMD reads the same path.
+    assert!(
+        dockerfile_instruction("CMD").contains(&format!("--config.file={config_file}")),
+        "Dockerfile CMD uses {config_file}"
+    );
+}
+
+/// The config in the ConfigMap, with its `secret_key_file` pointed at an owner-only stand-in
+/// key written into `dir` (the Secret's mount does not exist here).
+fn stand_in_config(sts: &Value, dir: &Path) -> String {
+    let config_file = flag_value(sts, "--config.file");
+    let (_, key) = config_file.rsplit_once('/').expect("an absolute path");
+    let cm_name = str_at(
+        &volume(sts, "config")["configMap"]["name"],
+        "configMap.name",
+    );
+    let cm = object("ConfigMap", cm_name);
+    let text = str_at(&cm["data"][key], "the config in the ConfigMap");
+
+    let key_file = dir.join("secret_key");
+    std::fs::write(&key_file, "placeholder\n").expect("write the stand-in key");
+    // Owner-only, as the exporter wants a key file. (In the pod, fsGroup makes the mounted key
+    // 0440 root:65532, which the exporter reports as a warning: see deploy/kubernetes/README.md.)
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod the stand-in key");
+    let mounted_key = "/run/secrets/tim/secret_key";
+    assert!(text.contains(mounted_key));
+    text.replace(mounted_key, key_file.to_str().expect("a UTF-8 temp path"))
+}
+
+/// The example config is one the exporter accepts, parsed by the real config module.
+#[test]
+fn embedded_config_is_accepted_by_the_exporter() {
+    let sts = statefulset();
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let yaml = stand_in_config(&sts, tmp.path());
+    let loaded = timattr_exporter::config::parse(&yaml, &|_| None, tmp.path())
+        .unwrap_or_else(|e| panic!("the ConfigMap's config is rejected:\n{e}"));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(
+        loaded.config.state_file.as_deref(),
+        Some(Path::new("/var/lib/timattr_exporter/state.json"))
+    );
+    for app in &loaded.config.apps {
+        assert!(app.rate_limit <= 200.0, "within the API's documented 200/s");
+        assert!(!app.groups.is_empty());
+    }
+}
+
+#[test]
+fn selectors_pick_exactly_the_intended_objects() {
+    let sts = statefulset();
+    let pod_labels = &sts["spec"]["template"]["metadata"]["labels"];
+    assert!(selects(&sts["spec"]["selector"], pod_labels));
+
+    let headless = object("Service", "timattr-exporter-headless");
+    assert_eq!(
+        sts["spec"]["serviceName"].as_str(),
+        Some("timattr-exporter-headless")
+    );
+    assert_eq!(headless["spec"]["clusterIP"].as_str(), Some("None"));
+    let metrics = object("Service", "timattr-exporter");
+    for svc in [&headless, &metrics] {
+        let wanted = svc["spec"]["selector"]
+            .as_mapping()
+            .expect("a selector map");
+        assert!(wanted.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
+    }
+
+    // The ServiceMonitor picks the metrics Service and not the headless one: a pod scraped
+    // through both would have every series twice.
+    let sm = object("ServiceMonitor", "timattr-exporter");
+    assert!(selects(
+        &sm["spec"]["selector"],
+        &metrics["metadata"]["labels"]
+    ));
+    assert!(!selects(
+        &sm["spec"]["selector"],
+        &headless["metadata"]["labels"]
+    ));
+    let endpoints = sm["spec"]["endpoints"].as_sequence().expect("a list");
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints[0]["port"].as_str(), Some("metrics"));
+    assert_eq!(endpoints[0]["path"].as_str(), Some("/metrics"));
+
+    let pm = object("PodMonitor", "timattr-exporter");
+    assert!(selects(&pm["spec"]["selector"], pod_labels));
+    let endpoints = pm["spec"]["podMetricsEndpoints"]
+        .as_sequence()
+        .expect("a list");
+    assert_eq!(endpoints[0]["port"].as_str(), Some("metrics"));
+
+    let pdb = object("PodDisruptionBudget", "timattr-exporter");
+    assert!(selects(&pdb["spec"]["selector"], pod_labels));
+
+    for (file, doc) in manifests() {
+        if doc["kind"].as_str() == Some("Kustomization") {
+            continue;
+        }
+        assert_eq!(
+            doc["metadata"]["labels"]["app.kubernetes.io/name"].as_str(),
+            Some("timattr-exporter"),
+            "{file}: app.kubernetes.io/name"
+        );
+    }
+}
+
+#[test]
+fn kustomization_lists_every_manifest_and_one_scrape_config() {
+    let kust: Value = serde_yaml::from_str(&read(&k8s_dir().join("kustomization.yaml")))
+        .expect("kustomization.yaml is YAML");
+    let resources: Vec<&str> = kust["resources"]
+        .as_sequence()
+        .expect("resources is a list")
+        .iter()
+        .map(|r| str_at(r, "a resource"))
+        .collect();
+    for r in &resources {
+        assert!(k8s_dir().join(r).is_file(), "{r} exists");
+    }
+    let mut unlisted: Vec<String> = manifests()
+        .into_iter()
+        .map(|(file, _)| file)
+        .filter(|f| f != "kustomization.yaml" && !resources.contains(&f.as_str()))
+        .collect();
+    unlisted.dedup();
+    assert_eq!(
+        unlisted,
+        ["podmonitor.yaml"],
+        "only the alternative is left out"
+    );
+    assert!(resources.contains(&"servicemonitor.yaml"));
+
+    let sts = statefulset();
+    let image = str_at(&container(&sts)["image"], "image");
+    let name = image.rsplit_once(':').map_or(image, |(n, _)| n);
+    let images = kust["images"].as_sequence().expect("images is a list");
+    assert!(images.iter().any(|i| i["name"].as_str() == Some(name)));
+}
+
+/// Dockerfile instructions, continuation lines joined, comments dropped.
+fn dockerfile() -> Vec<(String, String)> {
+    let text = read(&repo().join("Dockerfile"));
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (current.is_empty() && trimmed.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                let (op, rest) = current.split_once(' ').unwrap_or((&current, ""));
+                out.push((op.to_uppercase(), rest.trim().to_owned()));
+                current.clear();
+            }
+        }
+    }
+    out
+}
+
+/// The last instruction of a kind: the one that counts in the final image.
+fn dockerfile_instruction(op: &str) -> String {
+    dockerfile()
+        .into_iter()
+        .filter(|(o, _)| o == op)
+        .map(|(_, rest)| rest)
+        .next_back()
+        .unwrap_or_else(|| panic!("Dockerfile has {op}"))
+}
+
+/// The package name from Cargo.toml's `[package]` table.
+fn package_name() -> String {
+    let manifest = read(&repo().join("Cargo.toml"));
+    let mut in_package = false;
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+        } else if in_package {
+            if let Some(value) = line.strip_prefix("name") {
+                let value = value.trim_start().trim_start_matches('=').trim();
+                return value.trim_matches('"').to_owned();
+            }
+        }
+    }
+    panic!("Cargo.toml has [package] name");
+}
+
+#[test]
+fn dockerfile_builds_the_real_binary_locked_and_runs_it_as_non_root() {
+    let instructions = dockerfile();
+    assert!(instructions.iter().any(|(op, _)| op == "FROM"));
+
+    // Every COPY from the build context names a path that exists.
+    for (op, rest) in &instructions {
+        if op != "COPY" && op != "ADD" {
+            continue;
+        }
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        if words.iter().any(|w| w.starts_with("--from=")) {
+            continue;
+        }
+        let paths: Vec<&str> = words.into_iter().filter(|w| !w.starts_with("--")).collect();
+        assert!(paths.len() >= 2, "{op} {rest}: source and destination");
+        for src in &paths[..paths.len() - 1] {
+            assert!(repo().join(src).exists(), "{op} source {src} exists");
+        }
+    }
+
+    // The binary is the package's, built --release --locked from a committed Cargo.lock.
+    assert_eq!(package_name(), BINARY);
+    assert!(repo().join("src/main.rs").is_file());
+    let build = instructions
+        .iter()
+        .find(|(op, rest)| op == "RUN" && rest.contains("cargo build"))
+        .map(|(_, rest)| rest.clone())
+        .expect("a RUN cargo build");
+    for part in ["--release", "--locked", &format!("--bin {BINARY}")] {
+        assert!(build.contains(part), "cargo build has {part}: {build}");
+    }
+    assert!(build.contains(&format!("target/release/{BINARY}")));
+    let tracked = Command::new("git")
+        .args(["ls-files", "--error-unmatch", "Cargo.lock"])
+        .current_dir(repo())
+        .output()
+        .expect("git runs");
+    assert!(tracked.status.success(), "Cargo.lock is committed");
+
+    // .git is not in the context: build.rs's revision comes from a build argument.
+    let build_rs = repo().join("build.rs");
+    if build_rs.exists() && read(&build_rs).contains("TIMATTR_REVISION") {
+        assert!(
+            instructions
+                .iter()
+                .any(|(op, rest)| op == "ARG" && rest.starts_with("TIMATTR_REVISION")),
+            "Dockerfile passes ARG TIMATTR_REVISION to build.rs"
+        );
+    }
+
+    // The runtime image: the binary at the entrypoint, the port, a non-root numeric user.
+    assert!(instructions.iter().any(|(op, rest)| op == "COPY"
+        && rest.starts_with("--from=build")
+        && rest.ends_with(&format!(" {ENTRYPOINT}"))));
+    assert_eq!(
+        dockerfile_instruction("ENTRYPOINT"),
+        format!("[\"{ENTRYPOINT}\"]")
+    );
+    assert_eq!(dockerfile_instruction("EXPOSE"), PORT.to_string());
+    let user = dockerfile_instruction("USER");
+    let uid: u32 = user
+        .split(':')
+        .next()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("USER {user} is numeric, so runAsNonRoot can verify it"));
+    assert_ne!(uid, 0, "USER is not root");
+    let runtime = instructions
+        .iter()
+        .filter(|(op, _)| op == "FROM")
+        .map(|(_, rest)| rest.as_str())
+        .next_back()
+        .expect("a FROM");
+    assert!(
+        runtime.contains("distroless/cc") || runtime.contains("ca-certificates"),
+        "the runtime image has a CA store: {runtime}"
+    );
+}
+
+#[test]
+fn dockerignore_keeps_everything_the_build_needs() {
+    let ignore = read(&repo().join(".dockerignore"));
+    let entries: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(entries.contains(&"target") && entries.contains(&".git"));
+    for entry in &entries {
+        assert!(
+            !entry.contains(['*', '?', '!', '/', '[']),
+            "{entry}: only plain top-level names, which this test can reason about"
+        );
+        for needed in [
+            "Cargo.toml",
+            "Cargo.lock",
+            "src",
+            "build.rs",
+            "benches",
+            "tests",
+        ] {
+            assert_ne!(entry, &needed, ".dockerignore excludes {needed}");
+        }
+    }
+    // Files compiled into the binary must be in the context.
+    let mut stack = vec![repo().join("src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("readable source directory") {
+            let path = entry.expect("readable entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                for line in read(&path).lines() {
+                    if !line.contains("include_str!") && !line.contains("include_bytes!") {
+                        continue;
+                    }
+                    for entry in &entries {
+                        for needle in [format!("\"{entry}/"), format!("/{entry}/")] {
+                            assert!(
+                                !line.contains(&needle),
+                                "{}: includes a file under ignored {entry}: {line}",
+                                path.display()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
