@@ -319,8 +319,7 @@ impl Daemon {
             return;
         };
         let generation = self.store.generation();
-        if self.written_generation.load(Ordering::Acquire) == generation + 1
-        {
+        if self.written_generation.load(Ordering::Acquire) == generation + 1 {
             return;
         }
         let persisted = self.store.persisted();
@@ -469,8 +468,15 @@ async fn poll(sdkappid: u64, client: &Client, store: &Store, group_id: &str) {
     }
     match &outcome {
         AttrOutcome::Ok(attrs) => debug!(sdkappid, group_id, attributes = attrs.len(), "polled"),
-        AttrOutcome::ApiError { code, info } => debug!(sdkappid, group_id, error_code = code, error_info = %info, "poll answered with an error"),
-        AttrOutcome::NoAnswer(reason) => debug!(sdkappid, group_id, reason = reason.as_str(), "poll got no valid answer"),
+        AttrOutcome::ApiError { code, info } => {
+            debug!(sdkappid, group_id, error_code = code, error_info = %info, "poll answered with an error")
+        }
+        AttrOutcome::NoAnswer(reason) => debug!(
+            sdkappid,
+            group_id,
+            reason = reason.as_str(),
+            "poll got no valid answer"
+        ),
     }
 }
 

@@ -96,7 +96,12 @@ mod tests {
     #[test]
     fn parses_levels_and_formats() {
         assert_eq!("debug".parse::<LogLevel>(), Ok(LogLevel::Debug));
-        assert!("trace".parse::<LogLevel>().unwrap_err().contains("expected error"));
+        assert!(
+            "trace"
+                .parse::<LogLevel>()
+                .unwrap_err()
+                .contains("expected error")
+        );
         assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
         assert!("text".parse::<LogFormat>().is_err());
     }

@@ -29,13 +29,21 @@ const EXIT_USAGE: u8 = 64;
 )]
 struct Flags {
     /// The YAML config file.
-    #[arg(long = "config.file", value_name = "PATH", default_value = "timattr.yml")]
+    #[arg(
+        long = "config.file",
+        value_name = "PATH",
+        default_value = "timattr.yml"
+    )]
     config_file: PathBuf,
     /// Validate the config (and the secrets' presence), print the result, and exit 0 or 64.
     #[arg(long = "config.check")]
     config_check: bool,
     /// Where /metrics is served (`:9877` means every interface).
-    #[arg(long = "web.listen-address", value_name = "ADDR", default_value = ":9877")]
+    #[arg(
+        long = "web.listen-address",
+        value_name = "ADDR",
+        default_value = ":9877"
+    )]
     listen_address: String,
     /// TLS and basic auth for the HTTP server, in exporter-toolkit's web-config format.
     #[arg(long = "web.config.file", value_name = "PATH")]

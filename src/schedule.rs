@@ -87,9 +87,11 @@ pub fn phases(groups: &[GroupSpec]) -> HashMap<Arc<str>, Duration> {
         // Offset each class by a hash of its interval so classes do not all start their cycle
         // at the same wall-clock instant; not by anything of the members, which would move
         // every phase when one group comes or goes.
-        let base = u128::from(fnv1a64(&interval.as_nanos().to_le_bytes())) % interval.as_nanos().max(1);
+        let base =
+            u128::from(fnv1a64(&interval.as_nanos().to_le_bytes())) % interval.as_nanos().max(1);
         for (rank, (_, id)) in members.into_iter().enumerate() {
-            let nanos = (base + interval.as_nanos() * rank as u128 / n) % interval.as_nanos().max(1);
+            let nanos =
+                (base + interval.as_nanos() * rank as u128 / n) % interval.as_nanos().max(1);
             out.insert(
                 Arc::clone(id),
                 Duration::from_nanos(u64::try_from(nanos).unwrap_or(0)),
@@ -239,7 +241,10 @@ mod tests {
         let t0 = Instant::now();
         let i = Duration::from_secs(60);
         assert_eq!(a.next_slot(t0, i, Duration::ZERO), t0);
-        assert_eq!(a.next_slot(t0, i, Duration::from_secs(5)), t0 + Duration::from_secs(5));
+        assert_eq!(
+            a.next_slot(t0, i, Duration::from_secs(5)),
+            t0 + Duration::from_secs(5)
+        );
         let later = t0 + Duration::from_secs(7);
         assert_eq!(
             a.next_slot(later, i, Duration::from_secs(5)),
@@ -264,7 +269,10 @@ mod tests {
         assert_eq!(p, phases(&groups), "deterministic");
         // One more group moves every phase by at most interval/N.
         let mut more = groups.clone();
-        more.push(GroupSpec { id: Arc::from("@TGS#extra"), interval: i });
+        more.push(GroupSpec {
+            id: Arc::from("@TGS#extra"),
+            interval: i,
+        });
         let q = phases(&more);
         let moved = groups
             .iter()
@@ -328,7 +336,10 @@ mod tests {
         while s.pop_due(Instant::now()).is_some() {
             burst += 1;
         }
-        assert_eq!(burst, 10, "each late group goes out once, not once per missed slot");
+        assert_eq!(
+            burst, 10,
+            "each late group goes out once, not once per missed slot"
+        );
         // And then the groups return to their phases within one interval.
         let next = s.next_due().unwrap();
         assert!(next > Instant::now() && next <= Instant::now() + interval);
@@ -395,7 +406,14 @@ mod tests {
                 .count();
             assert!(n <= 11, "window {w}: {n}");
         }
-        assert_eq!(ids.len(), 90, "every group once in the first cycle after reload");
-        assert!(!ids.iter().any(|id| id.as_ref() == "@TGS#g00000"), "removed");
+        assert_eq!(
+            ids.len(),
+            90,
+            "every group once in the first cycle after reload"
+        );
+        assert!(
+            !ids.iter().any(|id| id.as_ref() == "@TGS#g00000"),
+            "removed"
+        );
     }
 }

@@ -20,7 +20,9 @@ async fn polls_counts_changes_and_handles_deleted_and_denied_groups() {
         .fake
         .create_group(APP, "@TGS#voice", GroupType::AVChatRoom)
         .unwrap();
-    server.fake.set_attr_support(APP, GroupType::AVChatRoom, false);
+    server
+        .fake
+        .set_attr_support(APP, GroupType::AVChatRoom, false);
     let cfg = ConfigDir::new(
         server.base_url().as_str(),
         &["@TGS#ok", "@TGS#gone", "@TGS#voice"],
@@ -37,22 +39,45 @@ async fn polls_counts_changes_and_handles_deleted_and_denied_groups() {
     let text = eventually(WAIT, || async {
         let t = scrape(&url).await;
         (value(&t, "timattr_group_up", &ok) == Some(1.0)
-            && value(&t, "timattr_group_error_code", &[("group_id", "@TGS#voice")]).is_some())
+            && value(
+                &t,
+                "timattr_group_error_code",
+                &[("group_id", "@TGS#voice")],
+            )
+            .is_some())
         .then_some(t)
     })
     .await
     .expect("first polls show up");
     assert_eq!(value(&text, "timattr_group_attributes", &ok), Some(2.0));
-    assert_eq!(value(&text, "timattr_group_attributes_bytes", &ok), Some(5.0));
     assert_eq!(
-        value(&text, "timattr_group_attribute_changes_total", &[("group_id", "@TGS#ok"), ("change", "modified")]),
+        value(&text, "timattr_group_attributes_bytes", &ok),
+        Some(5.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "timattr_group_attribute_changes_total",
+            &[("group_id", "@TGS#ok"), ("change", "modified")]
+        ),
         Some(0.0)
     );
     assert_eq!(
-        value(&text, "timattr_group_error_code", &[("group_id", "@TGS#voice")]),
+        value(
+            &text,
+            "timattr_group_error_code",
+            &[("group_id", "@TGS#voice")]
+        ),
         Some(10007.0)
     );
-    assert_eq!(value(&text, "timattr_group_attributes", &[("group_id", "@TGS#voice")]), None);
+    assert_eq!(
+        value(
+            &text,
+            "timattr_group_attributes",
+            &[("group_id", "@TGS#voice")]
+        ),
+        None
+    );
     assert_eq!(value(&text, "timattr_groups", &[]), Some(3.0));
 
     // Change attributes: one modified, one added, one removed.
@@ -63,7 +88,11 @@ async fn polls_counts_changes_and_handles_deleted_and_denied_groups() {
     server.fake.destroy_group(APP, "@TGS#gone").unwrap();
     let text = eventually(WAIT, || async {
         let t = scrape(&url).await;
-        (value(&t, "timattr_group_attribute_changes_total", &[("group_id", "@TGS#ok"), ("change", "modified")]) == Some(1.0)
+        (value(
+            &t,
+            "timattr_group_attribute_changes_total",
+            &[("group_id", "@TGS#ok"), ("change", "modified")],
+        ) == Some(1.0)
             && value(&t, "timattr_group_error_code", &[("group_id", "@TGS#gone")]) == Some(10010.0))
         .then_some(t)
     })
@@ -71,19 +100,34 @@ async fn polls_counts_changes_and_handles_deleted_and_denied_groups() {
     .expect("changes counted and the deleted group seen");
     for (change, n) in [("added", 1.0), ("removed", 1.0), ("modified", 1.0)] {
         assert_eq!(
-            value(&text, "timattr_group_attribute_changes_total", &[("group_id", "@TGS#ok"), ("change", change)]),
+            value(
+                &text,
+                "timattr_group_attribute_changes_total",
+                &[("group_id", "@TGS#ok"), ("change", change)]
+            ),
             Some(n),
             "{change}"
         );
     }
-    assert_eq!(value(&text, "timattr_group_up", &[("group_id", "@TGS#gone")]), Some(0.0));
     assert_eq!(
-        value(&text, "timattr_group_attributes", &[("group_id", "@TGS#gone")]),
+        value(&text, "timattr_group_up", &[("group_id", "@TGS#gone")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "timattr_group_attributes",
+            &[("group_id", "@TGS#gone")]
+        ),
         None,
         "a deleted group's attribute series are removed"
     );
     assert_eq!(
-        value(&text, "timattr_groups_by_error_code", &[("error_code", "10010")]),
+        value(
+            &text,
+            "timattr_groups_by_error_code",
+            &[("error_code", "10010")]
+        ),
         Some(1.0)
     );
     assert!(exporter.wait_for_log("attributes changed", WAIT).is_some());
@@ -101,9 +145,22 @@ async fn reloads_by_signal_and_http_and_exits_0_on_sigterm() {
     let url = exporter.url("/metrics");
     let client = reqwest::Client::new();
 
-    assert_eq!(client.get(exporter.url("/-/healthy")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(exporter.url("/-/healthy"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     eventually(WAIT, || async {
-        let s = client.get(exporter.url("/-/ready")).send().await.ok()?.status();
+        let s = client
+            .get(exporter.url("/-/ready"))
+            .send()
+            .await
+            .ok()?
+            .status();
         (s == 200).then_some(())
     })
     .await
@@ -135,10 +192,18 @@ async fn reloads_by_signal_and_http_and_exits_0_on_sigterm() {
     let body = resp.text().await.unwrap();
     assert!(body.contains("bogus"), "{body}");
     let t = scrape(&url).await;
-    assert_eq!(value(&t, "timattr_config_last_reload_successful", &[]), Some(0.0));
+    assert_eq!(
+        value(&t, "timattr_config_last_reload_successful", &[]),
+        Some(0.0)
+    );
     assert_eq!(value(&t, "timattr_groups", &[]), Some(2.0));
     assert_eq!(
-        client.get(exporter.url("/-/reload")).send().await.unwrap().status(),
+        client
+            .get(exporter.url("/-/reload"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         405
     );
 
@@ -147,7 +212,10 @@ async fn reloads_by_signal_and_http_and_exits_0_on_sigterm() {
     let resp = client.post(exporter.url("/-/reload")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let t = scrape(&url).await;
-    assert_eq!(value(&t, "timattr_config_last_reload_successful", &[]), Some(1.0));
+    assert_eq!(
+        value(&t, "timattr_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
     assert_eq!(value(&t, "timattr_group_up", &a), None);
 
     exporter.signal("TERM");
@@ -207,5 +275,8 @@ fn config_check_prints_the_result_without_secrets() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("poll_interval") && stdout.contains("apps"), "all errors at once: {stdout}");
+    assert!(
+        stdout.contains("poll_interval") && stdout.contains("apps"),
+        "all errors at once: {stdout}"
+    );
 }

@@ -18,10 +18,13 @@ pub const KEY: &str = "s3cr3t-KEY-4e1f0c9d2b7a6e5f8c3d1b0a9e8f7c6d";
 
 /// A fake API serving one app whose admin signs with [`KEY`].
 pub async fn fake_with_app() -> FakeServer {
+    install_crypto();
     let server = Fake::start(Scenario::default())
         .await
         .expect("fake API starts");
-    server.fake.add_app(AppSpec::new(APP, ADMIN, SecretKey::new(KEY)));
+    server
+        .fake
+        .add_app(AppSpec::new(APP, ADMIN, SecretKey::new(KEY)));
     server
 }
 
@@ -42,7 +45,9 @@ impl ConfigDir {
     pub fn new(base_url: &str, groups: &[&str], extra_top: &str) -> ConfigDir {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("key"), format!("{KEY}\n")).expect("write key");
-        let mut perms = std::fs::metadata(dir.path().join("key")).unwrap().permissions();
+        let mut perms = std::fs::metadata(dir.path().join("key"))
+            .unwrap()
+            .permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
         std::fs::set_permissions(dir.path().join("key"), perms).unwrap();
         let cfg = ConfigDir { dir };
@@ -162,7 +167,13 @@ impl Drop for Exporter {
     }
 }
 
+/// reqwest is built without a default rustls provider; the exporter installs ring's.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub async fn scrape(url: &str) -> String {
+    install_crypto();
     reqwest::get(url)
         .await
         .expect("scrape")
