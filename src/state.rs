@@ -909,7 +909,36 @@ pub fn write_state_file(path: &Path, persisted: &Persisted) -> std::io::Result<(
     if let Ok(d) = std::fs::File::open(&dir) {
         let _ = d.sync_all();
     }
+    remove_dead_writers_temp_files(&dir, name);
     Ok(())
+}
+
+/// A process killed mid-write (OOM, `kill -9`) leaves its temporary file behind; in a crash
+/// loop they would pile up, each the size of the state. Removes those whose writer is gone
+/// (no `/proc/PID`); a live writer's file is left alone. Where `/proc` does not exist, nothing
+/// is removed.
+fn remove_dead_writers_temp_files(dir: &Path, name: &std::ffi::OsStr) {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !proc.join(pid.to_string()).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 #[cfg(test)]
