@@ -504,6 +504,8 @@ impl Client {
             let failure = match result {
                 Ok(Answer::Ok(value)) => return Ok(value),
                 Ok(Answer::ApiError { code, info }) => {
+                    // `ErrorInfo` goes to logs and errors; a gateway may echo the request URL.
+                    let info = self.scrub(&info, &used_sig);
                     let class = error_code::classify(code);
                     if error_code::regenerates_usersig(code) && !regenerated {
                         regenerated = true;
@@ -629,6 +631,18 @@ impl Client {
         };
         self.observer.on_attempt(api, started.elapsed(), observed);
         (result, sig)
+    }
+
+    /// Text from the server (`ErrorInfo`) without the UserSig it was sent, any `usersig=`
+    /// parameter, or the key: an answer quoting the request must not put them in a log.
+    fn scrub(&self, text: &str, sig: &UserSig) -> String {
+        let mut text = redact_usersig(text);
+        for secret in [sig.expose(), self.key.expose()] {
+            if !secret.is_empty() && text.contains(secret) {
+                text = text.replace(secret, "<redacted>");
+            }
+        }
+        text
     }
 
     fn url(&self, api: Api, sig: &UserSig, random: u32) -> url::Url {
