@@ -1,0 +1,300 @@
+//! Fuzz-style property tests: every parser of outside input is fed tens of thousands of inputs
+//! (valid documents with random byte-level mutations, and arbitrary bytes) and must never panic;
+//! where it accepts an input, what it returns must hold its documented invariants.
+//!
+//! Targets: the API answer parsers (`client::parse_group_attr`, `client::parse_group_list`),
+//! the UserSig decoder and verifier, the config loader (`config::parse`), the state file reader
+//! (`state::read_state_file`) and the fake's scenario parser (`Scenario::from_yaml`).
+//!
+//! Cases per property: `TIMATTR_FUZZ_CASES` (default 20,000). `cargo fuzz` would need a nightly
+//! toolchain; these run on stable in the ordinary test suite.
+
+mod common;
+
+use std::path::Path;
+
+use common::{ADMIN, APP, KEY};
+use proptest::prelude::*;
+use timattr_exporter::client::{Answer, parse_group_attr, parse_group_list};
+use timattr_exporter::config;
+use timattr_exporter::fake::Scenario;
+use timattr_exporter::secret::SecretKey;
+use timattr_exporter::state::read_state_file;
+use timattr_exporter::usersig;
+
+fn cases() -> u32 {
+    std::env::var("TIMATTR_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+}
+
+fn fuzz_config() -> ProptestConfig {
+    ProptestConfig {
+        cases: cases(),
+        // Shrinking a failure of a mutated document can take long; a few thousand steps find
+        // a small enough input.
+        max_shrink_iters: 4_096,
+        // The failing input is printed, shrunk; no regression files in the source tree.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// One edit of a document: overwrite, insert, delete, truncate, or repeat a span.
+#[derive(Debug, Clone)]
+enum Edit {
+    Set(usize, u8),
+    Insert(usize, u8),
+    Delete(usize),
+    Truncate(usize),
+    Repeat(usize, usize),
+}
+
+/// Bytes that matter to JSON and YAML, so most edits hit structure rather than only text.
+fn interesting_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        3 => prop::sample::select(
+            b"{}[]\":,\n -0123456789eE.+\\u@#'&*!|>%?tfn\t\r\0"
+                .to_vec()
+        ),
+        1 => any::<u8>(),
+    ]
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        4 => (any::<usize>(), interesting_byte()).prop_map(|(p, b)| Edit::Set(p, b)),
+        4 => (any::<usize>(), interesting_byte()).prop_map(|(p, b)| Edit::Insert(p, b)),
+        3 => any::<usize>().prop_map(Edit::Delete),
+        1 => any::<usize>().prop_map(Edit::Truncate),
+        1 => (any::<usize>(), 1usize..64).prop_map(|(p, n)| Edit::Repeat(p, n)),
+    ]
+}
+
+fn apply(seed: &[u8], edits: &[Edit]) -> Vec<u8> {
+    let mut doc = seed.to_vec();
+    for e in edits {
+        let len = doc.len();
+        match *e {
+            Edit::Set(p, b) if len > 0 => doc[p % len] = b,
+            Edit::Insert(p, b) => doc.insert(p % (len + 1), b),
+            Edit::Delete(p) if len > 0 => {
+                doc.remove(p % len);
+            }
+            Edit::Truncate(p) => doc.truncate(p % (len + 1)),
+            Edit::Repeat(p, n) if len > 0 => {
+                let start = p % len;
+                let end = (start + n).min(len);
+                let span = doc[start..end].to_vec();
+                doc.splice(start..start, span);
+            }
+            _ => {}
+        }
+    }
+    doc
+}
+
+/// A seed document mutated by 0–8 edits, or (one time in eight) arbitrary bytes.
+fn mutated(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        7 => (prop::sample::select(seeds), prop::collection::vec(edit(), 0..8))
+            .prop_map(|(seed, edits)| apply(&seed, &edits)),
+        1 => prop::collection::vec(any::<u8>(), 0..256),
+    ]
+}
+
+fn mutated_text(seeds: Vec<&str>) -> impl Strategy<Value = String> {
+    mutated(seeds.into_iter().map(|s| s.as_bytes().to_vec()).collect())
+        .prop_map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+fn api_answers() -> Vec<Vec<u8>> {
+    [
+        r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":"","GroupAttrAry":[{"key":"status","value":"open"},{"key":"pin","value":"1"},{"key":"emoji","value":"héllo 世界 \ud83c\udf89"}]}"#,
+        r#"{"ActionStatus":"OK","ErrorCode":0,"GroupAttrAry":[]}"#,
+        r#"{"ActionStatus":"FAIL","ErrorCode":10010,"ErrorInfo":"group not found","ErrorDisplay":"x"}"#,
+        r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":"","TotalCount":3,"GroupIdList":[{"GroupId":"@TGS#a"},{"GroupId":"@TGS#b"}],"Next":8589934592}"#,
+        r#"{"ActionStatus":"OK","ErrorCode":0,"GroupIdList":[],"Next":0}"#,
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect()
+}
+
+proptest! {
+    #![proptest_config(fuzz_config())]
+
+    #[test]
+    fn api_answer_parsers_never_panic(body in mutated(api_answers())) {
+        if let Ok(Answer::Ok(attrs)) = parse_group_attr(&body) {
+            prop_assert!(
+                attrs.windows(2).all(|w| w[0].0 < w[1].0),
+                "accepted attributes are sorted and unique"
+            );
+        }
+        if let Ok(Answer::ApiError { code, .. }) = parse_group_attr(&body) {
+            prop_assert_ne!(code, 0);
+        }
+        if let Ok(Answer::ApiError { code, .. }) = parse_group_list(&body) {
+            prop_assert_ne!(code, 0);
+        }
+    }
+
+    #[test]
+    fn usersig_decoder_and_verifier_never_panic(sig in usersig_inputs()) {
+        let key = SecretKey::new(KEY);
+        let _ = usersig::decode(&sig);
+        if let Ok(doc) = usersig::verify(&sig, &key, APP, ADMIN, 1_700_000_100) {
+            // Only an untouched signature verifies.
+            prop_assert_eq!(doc.sdkappid, APP);
+            prop_assert_eq!(doc.identifier.as_str(), ADMIN);
+        }
+    }
+
+    #[test]
+    fn config_parser_never_panics_nor_leaks_an_inline_key(yaml in mutated_text(config_seeds())) {
+        let dir = Path::new("/nonexistent-timattr-fuzz");
+        match config::parse(&yaml, &|name| (name == "TIM_KEY").then(|| KEY.to_owned()), dir) {
+            Ok(loaded) => {
+                prop_assert!(!loaded.config.apps.is_empty());
+                let debug = format!("{:?}", loaded.config);
+                prop_assert!(!debug.contains(KEY), "Debug holds the key");
+                prop_assert!(!loaded.config.summary().contains(KEY));
+                for w in &loaded.warnings {
+                    prop_assert!(!w.contains(KEY), "warning holds the key: {}", w);
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                prop_assert!(!text.contains(KEY), "error holds the key: {}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn scenario_parser_never_panics(yaml in mutated_text(scenario_seeds())) {
+        let _ = Scenario::from_yaml(&yaml);
+    }
+}
+
+fn usersig_inputs() -> impl Strategy<Value = String> {
+    let key = SecretKey::new(KEY);
+    let seeds = vec![
+        usersig::generate(&key, APP, ADMIN, 1_700_000_000, 86_400)
+            .expose()
+            .as_bytes()
+            .to_vec(),
+        usersig::generate(&key, APP, ADMIN, 0, u64::MAX)
+            .expose()
+            .as_bytes()
+            .to_vec(),
+        usersig::generate(&key, u64::MAX, "", u64::MAX, u64::MAX)
+            .expose()
+            .as_bytes()
+            .to_vec(),
+    ];
+    mutated(seeds).prop_map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+fn config_seeds() -> Vec<&'static str> {
+    vec![
+        concat!(
+            "poll_interval: 60s\n",
+            "state_file: /var/lib/timattr_exporter/state.json\n",
+            "value_hashes: per_key\n",
+            "apps:\n",
+            "  - sdkappid: 1400000001\n",
+            "    region: singapore\n",
+            "    identifier: administrator\n",
+            "    secret_key: \"s3cr3t-KEY-4e1f0c9d2b7a6e5f8c3d1b0a9e8f7c6d\"\n",
+            "    usersig_ttl: 24h\n",
+            "    rate_limit: 100\n",
+            "    max_concurrency: 16\n",
+            "    timeout: 5s\n",
+            "    groups:\n",
+            "      - \"@TGS#aC5SZEAEF\"\n",
+            "      - id: \"@TGS#2J4SZEAEL\"\n",
+            "        poll_interval: 15s\n",
+            "    discover:\n",
+            "      group_types: [Public, AVChatRoom]\n",
+            "      refresh_interval: 10m\n",
+        ),
+        concat!(
+            "apps:\n",
+            "  - sdkappid: 1400000002\n",
+            "    endpoint: http://127.0.0.1:8080/\n",
+            "    identifier: admin\n",
+            "    secret_key_env: TIM_KEY\n",
+            "    groups: [\"@TGS#a\", \"@TGS#b\"]\n",
+            "  - sdkappid: 1400000003\n",
+            "    endpoint: https://proxy.example/tim\n",
+            "    allow_insecure_http: true\n",
+            "    identifier: admin\n",
+            "    secret_key: 's3cr3t-KEY-4e1f0c9d2b7a6e5f8c3d1b0a9e8f7c6d'\n",
+            "    discover: {}\n",
+        ),
+    ]
+}
+
+fn scenario_seeds() -> Vec<&'static str> {
+    vec![concat!(
+        "apps:\n",
+        "  - sdkappid: 1400000000\n",
+        "    identifier: administrator\n",
+        "    secret_key: \"k\"\n",
+        "    rate_limits: {get_group_attr: 200, get_appid_group_list: 1, writes: 200}\n",
+        "    attr_support: {Community: false}\n",
+        "    groups:\n",
+        "      - {id: \"@TGS#lobby\", type: Public, attrs: {topic: welcome}}\n",
+        "    generate:\n",
+        "      - {count: 3, prefix: \"@TGS#bench\", attrs: 4, value_bytes: 16, type: Public}\n",
+        "events:\n",
+        "  - {every: 30s, group: \"@TGS#lobby\", modify_attrs: {round: \"{n}\"}}\n",
+        "  - {at: 1m, group: \"@TGS#lobby\", destroy: true}\n",
+        "  - {at: 2m, fault: {http_status: 502}}\n",
+        "  - {at: 2m30s, fault: {intermittent: {code: 10002, every: 3}}}\n",
+        "  - {at: 3m, clear_fault: true}\n",
+        "  - {at: 4m, rotate_key: new-key}\n",
+    )]
+}
+
+fn state_seeds() -> Vec<Vec<u8>> {
+    vec![
+        br#"{"version":1,"apps":{"1400000001":{"@TGS#a":{"attributes":[{"key":"k","hash":123,"bytes":3},{"key":"z","hash":281474976710655,"bytes":0}],"set_hash":42,"last_change_timestamp_seconds":1700000000.5},"@TGS#b":{"attributes":[],"set_hash":0,"last_change_timestamp_seconds":0}}}}"#.to_vec(),
+        br#"{"version":1,"apps":{}}"#.to_vec(),
+    ]
+}
+
+/// The state file reader goes through a real file, so it has its own runner: one temporary
+/// file rewritten per case.
+#[test]
+fn state_file_reader_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let mut runner = proptest::test_runner::TestRunner::new(fuzz_config());
+    runner
+        .run(&mutated(state_seeds()), |bytes| {
+            std::fs::write(&path, &bytes).unwrap();
+            if let Ok(p) = read_state_file(&path) {
+                for groups in p.apps.values() {
+                    for g in groups.values() {
+                        prop_assert!(g.set_hash < 1 << 48);
+                        prop_assert!(g.last_change_timestamp_seconds.is_finite());
+                        prop_assert!(
+                            g.attributes.windows(2).all(|w| w[0].key < w[1].key),
+                            "sorted and unique"
+                        );
+                        prop_assert!(g.attributes.iter().all(|a| a.hash < 1 << 48));
+                    }
+                }
+                // What was accepted reads back the same once written in the writer's format
+                // (`write_state_file` itself, with its fsyncs, is exercised elsewhere).
+                let again = dir.path().join("again.json");
+                std::fs::write(&again, serde_json::to_vec(&p).unwrap()).unwrap();
+                prop_assert_eq!(read_state_file(&again).unwrap(), p);
+            }
+            Ok(())
+        })
+        .unwrap();
+}
