@@ -53,7 +53,8 @@ faults=(
     '{intermittent: {code: 60007, every: 50}}'
 )
 fault_at() { # fault name in effect at second $1 of the run
-    local t=$1 p=$((t / period)) within=$((t % period))
+    local t=$1
+    local p=$((t / period)) within=$((t % period))
     if [ "$within" -lt $((period / 2)) ]; then
         echo "${faults[$((p % ${#faults[@]}))]}"
     else
@@ -112,8 +113,16 @@ addr=$(sed -n 's/.*listen_address=\([0-9.:]*\).*/\1/p' "$work/exporter.log" | he
 [ -n "$addr" ] || { echo "soak: the exporter did not start" >&2; cat "$work/exporter.log" >&2; exit 1; }
 echo "soak: $groups groups every $interval at $rate/s for $minutes min; fake :$fake_port, exporter $addr (pid $exporter_pid)"
 
-metric() { # first value of a series whose line starts with $1
-    awk -v s="$1" 'index($0, s) == 1 { print $NF; exit }' "$work/metrics"
+metric() { # value of the first sample of family $1 whose labels include all of $2...
+    local name=$1
+    shift
+    awk -v name="$name" -v want="$*" '
+        index($0, name "{") == 1 || index($0, name " ") == 1 {
+            n = split(want, w, " ")
+            for (i = 1; i <= n; i++) if (index($0, w[i]) == 0) next
+            print $NF
+            exit
+        }' "$work/metrics"
 }
 
 start=$(date +%s)
@@ -136,11 +145,11 @@ while :; do
     fds=$(find "/proc/$exporter_pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
     curl -sf "http://$addr/metrics" -o "$work/metrics" || : >"$work/metrics"
     series=$(grep -c '^timattr_group_up{' "$work/metrics" || true)
-    gauge=$(metric 'timattr_groups{')
-    healthy=$(metric 'timattr_groups_by_error_code{sdkappid="1400000001",error_code="0"}')
-    failed=$(metric 'timattr_groups_by_error_code{sdkappid="1400000001",error_code="-1"}')
-    lag=$(metric 'timattr_poll_lag_seconds{')
-    requests=$(metric 'timattr_api_requests_total{sdkappid="1400000001",api="get_group_attr"}')
+    gauge=$(metric timattr_groups)
+    healthy=$(metric timattr_groups_by_error_code 'error_code="0"')
+    failed=$(metric timattr_groups_by_error_code 'error_code="-1"')
+    lag=$(metric timattr_poll_lag_seconds)
+    requests=$(metric timattr_api_requests_total 'api="get_group_attr"')
     rss_mib=$(awk -v k="$rss_kib" 'BEGIN { printf "%.1f", k / 1024 }')
     if [ "$series" -ge "$groups" ]; then
         [ "$complete" = 1 ] || rss_first_complete=$rss_mib
