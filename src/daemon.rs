@@ -82,12 +82,20 @@ struct AppRunner {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// The two sources of an app's groups.
+#[derive(Default)]
+struct Lists {
+    configured: Vec<GroupSpec>,
+    /// `None` until the first successful discovery (or without `discover`).
+    discovered: Option<Vec<Arc<str>>>,
+}
+
 /// The groups one app polls: configured ones plus discovered ones, both cut to this shard.
 struct GroupSets {
     sdkappid: u64,
     shard: Shard,
     default_interval: Duration,
-    inner: Mutex<(Vec<GroupSpec>, Option<Vec<Arc<str>>>)>,
+    lists: Mutex<Lists>,
     tx: watch::Sender<Arc<Vec<GroupSpec>>>,
     store: Arc<Store>,
 }
@@ -103,7 +111,7 @@ impl GroupSets {
                 interval: g.poll_interval,
             })
             .collect();
-        self.lock().0 = specs;
+        self.lock().configured = specs;
         self.publish();
     }
 
@@ -113,23 +121,23 @@ impl GroupSets {
             .filter(|id| self.shard.owns(id))
             .map(Arc::from)
             .collect();
-        self.lock().1 = Some(ids);
+        self.lock().discovered = Some(ids);
         self.publish();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<GroupSpec>, Option<Vec<Arc<str>>>)> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lists> {
+        self.lists.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Merges both lists (a configured group keeps its own interval) and hands the result to
     /// the store (which forgets groups that left) and to the dispatcher.
     fn publish(&self) {
         let merged: Vec<GroupSpec> = {
-            let guard = self.lock();
-            let (statics, discovered) = &*guard;
-            let mut seen: BTreeSet<&str> = statics.iter().map(|g| g.id.as_ref()).collect();
-            let mut all = statics.clone();
-            for id in discovered.iter().flatten() {
+            let lists = self.lock();
+            let mut seen: BTreeSet<&str> =
+                lists.configured.iter().map(|g| g.id.as_ref()).collect();
+            let mut all = lists.configured.clone();
+            for id in lists.discovered.iter().flatten() {
                 if seen.insert(id.as_ref()) {
                     all.push(GroupSpec {
                         id: Arc::clone(id),
@@ -239,7 +247,7 @@ impl Daemon {
             sdkappid: app.sdkappid,
             shard: self.shard,
             default_interval,
-            inner: Mutex::new((Vec::new(), None)),
+            lists: Mutex::new(Lists::default()),
             tx,
             store: Arc::clone(&self.store),
         });
@@ -561,7 +569,7 @@ pub async fn run(
 
     let server = {
         let service: Arc<dyn http::Service> = Arc::new(Served(Arc::clone(&daemon)));
-        let stop = trigger.subscribe().into_future();
+        let stop = trigger.subscribe().done();
         tokio::spawn(http::serve(listener, options.server, service, stop))
     };
     let writer = {
