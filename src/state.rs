@@ -258,6 +258,10 @@ pub struct Store {
     /// Bumped whenever what [`Store::persisted`] returns changes, so the daemon rewrites the
     /// state file only then (timestamps alone do not count).
     generation: AtomicU64,
+    /// The size of each family's text at the last render: the next one reserves that much up
+    /// front, since growing multi-megabyte buffers by doubling costs more (page faults, copies)
+    /// than writing them.
+    render_sizes: Mutex<[usize; FAMILIES]>,
 }
 
 #[derive(Debug, Clone)]
@@ -526,6 +530,10 @@ impl Store {
     /// per update, while the series are a pure function of the compact state kept here anyway.
     pub fn render(&self, out: &mut String, value_hashes: ValueHashes) {
         let mut f = Families::default();
+        let hint = *lock(&self.render_sizes);
+        for (buf, size) in f.buffers().into_iter().zip(hint) {
+            buf.reserve(size + size / 8);
+        }
         for (sdkappid, app) in self.app_list() {
             let mut assigned = 0u64;
             let mut by_code: BTreeMap<i64, u64> = BTreeMap::from([(0, 0)]);
@@ -563,6 +571,7 @@ impl Store {
                 );
             }
         }
+        *lock(&self.render_sizes) = f.buffers().map(|b| b.len());
         f.finish(out);
     }
 }
@@ -596,7 +605,26 @@ struct Families {
     by_code: String,
 }
 
+/// How many families [`Families`] holds.
+const FAMILIES: usize = 11;
+
 impl Families {
+    fn buffers(&mut self) -> [&mut String; FAMILIES] {
+        [
+            &mut self.up,
+            &mut self.error_code,
+            &mut self.attributes,
+            &mut self.bytes,
+            &mut self.set_hash,
+            &mut self.value_hash,
+            &mut self.changes,
+            &mut self.last_change,
+            &mut self.last_success,
+            &mut self.groups,
+            &mut self.by_code,
+        ]
+    }
+
     // Hot at scrape time (a dozen lines per group): built with `push_str` and a hand-rolled
     // integer writer rather than `write!`, which is several times slower per line.
     fn group(&mut self, sdkappid: u64, id: &str, group: &Group, value_hashes: ValueHashes) {
@@ -706,6 +734,8 @@ impl Families {
             (metrics::GROUPS, self.groups),
             (metrics::GROUPS_BY_ERROR_CODE, self.by_code),
         ];
+        let total: usize = parts.iter().map(|(f, s)| s.len() + f.2.len() + 64).sum();
+        out.reserve(total);
         for ((name, kind, help), samples) in parts {
             if samples.is_empty() {
                 continue;
