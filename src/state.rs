@@ -199,14 +199,15 @@ impl Snapshot {
     }
 }
 
-/// Index of each change kind in [`Success::changes`], and its `change` label.
+/// The `change` label values, in [`Success::changes`] order.
+#[cfg(test)]
 const CHANGE_KINDS: [&str; 3] = ["added", "removed", "modified"];
 
 /// What the attribute series of a group show: its last successful poll and what changed.
 #[derive(Debug, Clone)]
 struct Success {
     snapshot: Snapshot,
-    /// Counts of added, removed and modified keys, in [`CHANGE_KINDS`] order.
+    /// Counts of added, removed and modified keys, in [`CHANGE_LABELS`] order.
     changes: [u64; 3],
     last_change: f64,
     last_success: f64,
@@ -747,7 +748,7 @@ impl Families {
     }
 }
 
-/// The `change` label of each counter, in [`CHANGE_KINDS`] order, ready to append.
+/// The `change` label of each counter, in [`Success::changes`] order, ready to append.
 const CHANGE_LABELS: [&str; 3] = [
     ",change=\"added\"",
     ",change=\"removed\"",
