@@ -134,8 +134,7 @@ impl GroupSets {
     fn publish(&self) {
         let merged: Vec<GroupSpec> = {
             let lists = self.lock();
-            let mut seen: BTreeSet<&str> =
-                lists.configured.iter().map(|g| g.id.as_ref()).collect();
+            let mut seen: BTreeSet<&str> = lists.configured.iter().map(|g| g.id.as_ref()).collect();
             let mut all = lists.configured.clone();
             for id in lists.discovered.iter().flatten() {
                 if seen.insert(id.as_ref()) {
