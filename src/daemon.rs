@@ -458,11 +458,12 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 async fn poll(sdkappid: u64, client: &Client, store: &Store, group_id: &str) {
     let outcome = client.get_group_attr(group_id).await;
-    let result = match &outcome {
-        AttrOutcome::Ok(attrs) => PollResult::Attributes(attrs),
-        AttrOutcome::ApiError { code, .. } => PollResult::ApiError(*code),
-        AttrOutcome::NoAnswer(_) => PollResult::NoAnswer,
+    let (result, code) = match &outcome {
+        AttrOutcome::Ok(attrs) => (PollResult::Attributes(attrs), 0),
+        AttrOutcome::ApiError { code, .. } => (PollResult::ApiError(*code), *code),
+        AttrOutcome::NoAnswer(_) => (PollResult::NoAnswer, -1),
     };
+    let before = store.error_code(sdkappid, group_id);
     if let Some(changes) = store.apply(sdkappid, group_id, result, unix_now()) {
         info!(
             sdkappid,
@@ -473,17 +474,37 @@ async fn poll(sdkappid: u64, client: &Client, store: &Store, group_id: &str) {
             "attributes changed"
         );
     }
-    match &outcome {
-        AttrOutcome::Ok(attrs) => debug!(sdkappid, group_id, attributes = attrs.len(), "polled"),
-        AttrOutcome::ApiError { code, info } => {
-            debug!(sdkappid, group_id, error_code = code, error_info = %info, "poll answered with an error")
+    // One log line per transition, not per poll: a deleted group polled every 15 s must not
+    // flood the log, but the moment it went away must be in it.
+    if before != Some(code) {
+        match &outcome {
+            AttrOutcome::Ok(_) if before.is_some() => {
+                info!(
+                    sdkappid,
+                    group_id,
+                    previous_error_code = before,
+                    "group readable again"
+                )
+            }
+            AttrOutcome::Ok(_) => {}
+            AttrOutcome::ApiError { code, info } => warn!(
+                sdkappid,
+                group_id,
+                error_code = code,
+                error_class = crate::error_code::classify(*code).as_str(),
+                error_info = %crate::secret::redact_usersig(info),
+                "group poll failed"
+            ),
+            AttrOutcome::NoAnswer(reason) => warn!(
+                sdkappid,
+                group_id,
+                reason = reason.as_str(),
+                "group poll got no valid answer"
+            ),
         }
-        AttrOutcome::NoAnswer(reason) => debug!(
-            sdkappid,
-            group_id,
-            reason = reason.as_str(),
-            "poll got no valid answer"
-        ),
+    }
+    if let AttrOutcome::Ok(attrs) = &outcome {
+        debug!(sdkappid, group_id, attributes = attrs.len(), "polled");
     }
 }
 

@@ -288,6 +288,14 @@ impl Store {
         self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The `ErrorCode` of a group's latest poll (-1: no valid answer); `None` before its first
+    /// poll or when it is not assigned. The daemon logs transitions with it.
+    pub fn error_code(&self, sdkappid: u64, group_id: &str) -> Option<i64> {
+        let app = self.app(sdkappid)?;
+        let groups = lock(&app.groups);
+        groups.get(group_id)?.error_code
+    }
+
     /// A number that changes whenever the state file's content would: write the file when it
     /// differs from the one read before the last write.
     pub fn generation(&self) -> u64 {
