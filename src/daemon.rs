@@ -87,10 +87,13 @@ struct GroupSets {
     sdkappid: u64,
     shard: Shard,
     default_interval: Duration,
-    inner: Mutex<(Vec<GroupSpec>, Option<Vec<Arc<str>>>)>,
+    inner: Mutex<GroupLists>,
     tx: watch::Sender<Arc<Vec<GroupSpec>>>,
     store: Arc<Store>,
 }
+
+/// The configured groups, and the discovered ones (`None` until the first listing succeeds).
+type GroupLists = (Vec<GroupSpec>, Option<Vec<Arc<str>>>);
 
 impl GroupSets {
     fn set_static(&self, app: &AppConfig) {
@@ -117,7 +120,7 @@ impl GroupSets {
         self.publish();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<GroupSpec>, Option<Vec<Arc<str>>>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GroupLists> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 

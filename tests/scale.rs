@@ -186,11 +186,6 @@ fn max_per_second(times: &[Duration]) -> usize {
     best
 }
 
-/// Times at or after `from`.
-fn since(times: Vec<Duration>, from: Duration) -> Vec<Duration> {
-    times.into_iter().filter(|t| *t >= from).collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Discovery
 // ---------------------------------------------------------------------------------------------
