@@ -36,6 +36,9 @@ use crate::state::{self, PollResult, Store};
 pub const STATE_WRITE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long in-flight requests may take to finish at shutdown before they are abandoned.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// After a failed discovery refresh the next try comes this much later, doubling with each
+/// further failure, never later than the refresh interval.
+pub const DISCOVERY_RETRY: Duration = Duration::from_secs(10);
 
 /// Where the config comes from, and so what a reload re-reads.
 #[derive(Debug, Clone)]
@@ -509,7 +512,8 @@ async fn poll(sdkappid: u64, client: &Client, store: &Store, group_id: &str) {
     }
 }
 
-/// Refreshes an app's discovered groups; a failed refresh keeps the last list.
+/// Refreshes an app's discovered groups; a failed refresh keeps the last list and is retried
+/// after [`DISCOVERY_RETRY`] (doubling), or the refresh interval if that is shorter.
 async fn discover_loop(
     sdkappid: u64,
     client: Arc<Client>,
@@ -518,6 +522,7 @@ async fn discover_loop(
     groups: Arc<GroupSets>,
     mut stop: Shutdown,
 ) {
+    let mut retry = DISCOVERY_RETRY;
     loop {
         let types: Vec<Option<&str>> = if group_types.is_empty() {
             vec![None]
@@ -539,15 +544,23 @@ async fn discover_loop(
                 }
             }
         }
-        if !failed {
+        let wait = if failed {
+            // Sooner than a full refresh: an exporter started during a short API outage would
+            // otherwise poll none of the app's discovered groups for 10 minutes.
+            let wait = retry.min(refresh);
+            retry = retry.saturating_mul(2);
+            wait
+        } else {
             found.sort_unstable();
             found.dedup();
             info!(sdkappid, discovered = found.len(), "groups discovered");
             groups.set_discovered(found);
-        }
+            retry = DISCOVERY_RETRY;
+            refresh
+        };
         tokio::select! {
             _ = stop.fired() => return,
-            _ = tokio::time::sleep(refresh) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

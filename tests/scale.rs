@@ -463,6 +463,58 @@ async fn discovery_follows_groups_that_come_and_go_and_keeps_the_list_when_listi
     assert_eq!(counts.group(APP, "@TGS#priv_1"), 0);
 }
 
+/// An exporter started while the list API fails polls the discovered groups soon after it
+/// recovers, not a refresh interval (here 1 hour) later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_that_fails_at_startup_is_retried_before_the_next_refresh() {
+    let server = empty_fake().await;
+    server
+        .fake
+        .add_app(AppSpec::new(APP, ADMIN, SecretKey::new(KEY)).with_rate_limits(limits(None)));
+    for id in ids("late", 5) {
+        server
+            .fake
+            .create_group(APP, &id, GroupType::Public)
+            .expect("create");
+    }
+    server
+        .fake
+        .set_fault(FaultTarget::App(APP), Some(Fault::HttpStatus(502)));
+    let base = server.base_url().to_string();
+    let yaml = config_yaml(
+        "poll_interval: 1s\n",
+        &[AppYaml {
+            sdkappid: APP,
+            endpoint: &base,
+            key: KEY,
+            rate_limit: 10.0,
+            max_concurrency: 2,
+            timeout: "2s",
+            groups: &[],
+            extra: "    discover:\n      refresh_interval: 1h\n",
+        }],
+    );
+    let (_dir, path) = config_file(&yaml);
+    let exporter = Exporter::start(&path, &[]);
+    assert!(
+        exporter
+            .wait_for_log("group discovery failed", WAIT)
+            .is_some(),
+        "{}",
+        exporter.logs()
+    );
+    let url = exporter.url("/metrics");
+    assert!(groups_up(&scrape(&url).await, APP).is_empty());
+    server.fake.set_fault(FaultTarget::App(APP), None);
+    eventually(WAIT, || async {
+        let t = scrape(&url).await;
+        (groups_up(&t, APP).len() == 5 && app_value(&t, "timattr_groups", APP, &[]) == Some(5.0))
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("discovery retried; log:\n{}", exporter.logs()));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Many apps
 // ---------------------------------------------------------------------------------------------
