@@ -52,6 +52,12 @@ const USERSIG_RENEW_DENOMINATOR: u64 = 10;
 /// A safety stop for `get_appid_group_list`: 100,000 pages of 10,000 is a billion groups.
 const MAX_LIST_PAGES: usize = 100_000;
 
+/// Rate-limit answers in a row to one `get_appid_group_list` page before the listing gives up.
+/// Shards list the same app and share its 1 list call a second, so replicas started together
+/// collide: without a retry, every shard but one failed its first discovery and polled none of
+/// its discovered groups until the next refresh (10 minutes by default).
+const LIST_RATE_LIMITED_RETRIES: u32 = 5;
+
 /// How transient failures are retried within one poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -442,12 +448,13 @@ impl Client {
     ) -> Result<Vec<String>, ListError> {
         let mut groups = Vec::new();
         let mut next: u64 = 0;
+        let mut limited: u32 = 0;
         for _ in 0..MAX_LIST_PAGES {
             let mut body = serde_json::json!({ "Limit": LIST_PAGE_LIMIT, "Next": next });
             if let Some(t) = group_type {
                 body["GroupType"] = serde_json::Value::from(t);
             }
-            let (ids, following) = self
+            let listed = self
                 .call(
                     Api::GetAppidGroupList,
                     &body,
@@ -455,7 +462,29 @@ impl Client {
                     None,
                     parse_group_list,
                 )
-                .await?;
+                .await;
+            let (ids, following) = match listed {
+                Ok(page) => {
+                    limited = 0;
+                    page
+                }
+                Err(ListError::ApiError { code, .. })
+                    if error_code::classify(code) == ErrorClass::RateLimited
+                        && limited < LIST_RATE_LIMITED_RETRIES =>
+                {
+                    // The same page again, once the list limiter (slowed down by `call`) allows,
+                    // after a random pause: replicas whose calls collided would otherwise keep
+                    // colliding in lockstep.
+                    limited += 1;
+                    let pause = {
+                        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+                        Duration::from_secs_f64(rng.gen_range(0.0..1.0))
+                    };
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             groups.extend(ids);
             if following == 0 {
                 return Ok(groups);

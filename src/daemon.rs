@@ -36,6 +36,9 @@ use crate::state::{self, PollResult, Store};
 pub const STATE_WRITE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long in-flight requests may take to finish at shutdown before they are abandoned.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// After a failed discovery refresh the next try comes this much later, doubling with each
+/// further failure, never later than the refresh interval.
+pub const DISCOVERY_RETRY: Duration = Duration::from_secs(10);
 
 /// Where the config comes from, and so what a reload re-reads.
 #[derive(Debug, Clone)]
@@ -82,12 +85,20 @@ struct AppRunner {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// The two sources of an app's groups.
+#[derive(Default)]
+struct Lists {
+    configured: Vec<GroupSpec>,
+    /// `None` until the first successful discovery (or without `discover`).
+    discovered: Option<Vec<Arc<str>>>,
+}
+
 /// The groups one app polls: configured ones plus discovered ones, both cut to this shard.
 struct GroupSets {
     sdkappid: u64,
     shard: Shard,
     default_interval: Duration,
-    inner: Mutex<(Vec<GroupSpec>, Option<Vec<Arc<str>>>)>,
+    lists: Mutex<Lists>,
     tx: watch::Sender<Arc<Vec<GroupSpec>>>,
     store: Arc<Store>,
 }
@@ -103,7 +114,7 @@ impl GroupSets {
                 interval: g.poll_interval,
             })
             .collect();
-        self.lock().0 = specs;
+        self.lock().configured = specs;
         self.publish();
     }
 
@@ -113,23 +124,22 @@ impl GroupSets {
             .filter(|id| self.shard.owns(id))
             .map(Arc::from)
             .collect();
-        self.lock().1 = Some(ids);
+        self.lock().discovered = Some(ids);
         self.publish();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<GroupSpec>, Option<Vec<Arc<str>>>)> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lists> {
+        self.lists.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Merges both lists (a configured group keeps its own interval) and hands the result to
     /// the store (which forgets groups that left) and to the dispatcher.
     fn publish(&self) {
         let merged: Vec<GroupSpec> = {
-            let guard = self.lock();
-            let (statics, discovered) = &*guard;
-            let mut seen: BTreeSet<&str> = statics.iter().map(|g| g.id.as_ref()).collect();
-            let mut all = statics.clone();
-            for id in discovered.iter().flatten() {
+            let lists = self.lock();
+            let mut seen: BTreeSet<&str> = lists.configured.iter().map(|g| g.id.as_ref()).collect();
+            let mut all = lists.configured.clone();
+            for id in lists.discovered.iter().flatten() {
                 if seen.insert(id.as_ref()) {
                     all.push(GroupSpec {
                         id: Arc::clone(id),
@@ -188,7 +198,15 @@ impl Daemon {
             info!(sdkappid, "app removed from the config; its series are gone");
         }
         for app in &config.apps {
-            let rate = app.rate_limit / f64::from(self.shard.total.max(1));
+            let rate = shard_rate(app.rate_limit, self.shard.total);
+            if rate < 1.0 && self.shard.total > 1 {
+                warn!(
+                    sdkappid = app.sdkappid,
+                    rate_limit = app.rate_limit,
+                    total_shards = self.shard.total,
+                    "rate_limit is below one request a second per shard: together the shards may exceed it"
+                );
+            }
             match apps.get_mut(&app.sdkappid) {
                 Some(runner) if same_client(&runner.config, app) => {
                     runner.limiter.set_rate(rate);
@@ -239,7 +257,7 @@ impl Daemon {
             sdkappid: app.sdkappid,
             shard: self.shard,
             default_interval,
-            inner: Mutex::new((Vec::new(), None)),
+            lists: Mutex::new(Lists::default()),
             tx,
             store: Arc::clone(&self.store),
         });
@@ -332,6 +350,24 @@ impl Daemon {
             }
             Err(e) => warn!(path = %path.display(), error = %e, "cannot write the state file"),
         }
+    }
+}
+
+/// This replica's part of an app's `rate_limit`: `rate_limit / total_shards` (SPEC "Sharding"),
+/// rounded down to whole requests a second when there are several shards.
+///
+/// Each shard's limiter spaces its requests evenly, and a limiter at `r`/s fits
+/// `1 + r / JITTER_MARGIN` requests (rounded down) into a one-second window: at a whole `k`/s that
+/// is `k`, but at 20/3 = 6.67/s it is 7, and three shards, independent of one another, could
+/// send 21 in one second against a quota of 20. Whole shares sum to at most `rate_limit`.
+/// Below one request a second per shard no split can hold the quota (each shard may send one
+/// request in any second); the share is kept as it is and [`Daemon::apply`] warns.
+pub fn shard_rate(rate_limit: f64, total_shards: u32) -> f64 {
+    let share = rate_limit / f64::from(total_shards.max(1));
+    if total_shards > 1 && share >= 1.0 {
+        share.floor()
+    } else {
+        share
     }
 }
 
@@ -451,11 +487,12 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 async fn poll(sdkappid: u64, client: &Client, store: &Store, group_id: &str) {
     let outcome = client.get_group_attr(group_id).await;
-    let result = match &outcome {
-        AttrOutcome::Ok(attrs) => PollResult::Attributes(attrs),
-        AttrOutcome::ApiError { code, .. } => PollResult::ApiError(*code),
-        AttrOutcome::NoAnswer(_) => PollResult::NoAnswer,
+    let (result, code) = match &outcome {
+        AttrOutcome::Ok(attrs) => (PollResult::Attributes(attrs), 0),
+        AttrOutcome::ApiError { code, .. } => (PollResult::ApiError(*code), *code),
+        AttrOutcome::NoAnswer(_) => (PollResult::NoAnswer, -1),
     };
+    let before = store.error_code(sdkappid, group_id);
     if let Some(changes) = store.apply(sdkappid, group_id, result, unix_now()) {
         info!(
             sdkappid,
@@ -466,21 +503,42 @@ async fn poll(sdkappid: u64, client: &Client, store: &Store, group_id: &str) {
             "attributes changed"
         );
     }
-    match &outcome {
-        AttrOutcome::Ok(attrs) => debug!(sdkappid, group_id, attributes = attrs.len(), "polled"),
-        AttrOutcome::ApiError { code, info } => {
-            debug!(sdkappid, group_id, error_code = code, error_info = %info, "poll answered with an error")
+    // One log line per transition, not per poll: a deleted group polled every 15 s must not
+    // flood the log, but the moment it went away must be in it.
+    if before != Some(code) {
+        match &outcome {
+            AttrOutcome::Ok(_) if before.is_some() => {
+                info!(
+                    sdkappid,
+                    group_id,
+                    previous_error_code = before,
+                    "group readable again"
+                )
+            }
+            AttrOutcome::Ok(_) => {}
+            AttrOutcome::ApiError { code, info } => warn!(
+                sdkappid,
+                group_id,
+                error_code = code,
+                error_class = crate::error_code::classify(*code).as_str(),
+                error_info = %crate::secret::redact_usersig(info),
+                "group poll failed"
+            ),
+            AttrOutcome::NoAnswer(reason) => warn!(
+                sdkappid,
+                group_id,
+                reason = reason.as_str(),
+                "group poll got no valid answer"
+            ),
         }
-        AttrOutcome::NoAnswer(reason) => debug!(
-            sdkappid,
-            group_id,
-            reason = reason.as_str(),
-            "poll got no valid answer"
-        ),
+    }
+    if let AttrOutcome::Ok(attrs) = &outcome {
+        debug!(sdkappid, group_id, attributes = attrs.len(), "polled");
     }
 }
 
-/// Refreshes an app's discovered groups; a failed refresh keeps the last list.
+/// Refreshes an app's discovered groups; a failed refresh keeps the last list and is retried
+/// after [`DISCOVERY_RETRY`] (doubling), or the refresh interval if that is shorter.
 async fn discover_loop(
     sdkappid: u64,
     client: Arc<Client>,
@@ -489,6 +547,7 @@ async fn discover_loop(
     groups: Arc<GroupSets>,
     mut stop: Shutdown,
 ) {
+    let mut retry = DISCOVERY_RETRY;
     loop {
         let types: Vec<Option<&str>> = if group_types.is_empty() {
             vec![None]
@@ -510,15 +569,23 @@ async fn discover_loop(
                 }
             }
         }
-        if !failed {
+        let wait = if failed {
+            // Sooner than a full refresh: an exporter started during a short API outage would
+            // otherwise poll none of the app's discovered groups for 10 minutes.
+            let wait = retry.min(refresh);
+            retry = retry.saturating_mul(2);
+            wait
+        } else {
             found.sort_unstable();
             found.dedup();
             info!(sdkappid, discovered = found.len(), "groups discovered");
             groups.set_discovered(found);
-        }
+            retry = DISCOVERY_RETRY;
+            refresh
+        };
         tokio::select! {
             _ = stop.fired() => return,
-            _ = tokio::time::sleep(refresh) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
@@ -561,7 +628,7 @@ pub async fn run(
 
     let server = {
         let service: Arc<dyn http::Service> = Arc::new(Served(Arc::clone(&daemon)));
-        let stop = trigger.subscribe().into_future();
+        let stop = trigger.subscribe().done();
         tokio::spawn(http::serve(listener, options.server, service, stop))
     };
     let writer = {
@@ -620,5 +687,71 @@ pub async fn run(
     match server.await {
         Ok(result) => result,
         Err(e) => Err(std::io::Error::other(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Requests times of `total` shards' limiters, all started at once (the worst alignment:
+    /// every limiter's densest second begins at the same instant), `per_shard` each.
+    async fn shard_request_times(rate_limit: f64, total: u32, per_shard: usize) -> Vec<Duration> {
+        let start = Instant::now();
+        let mut tasks = JoinSet::new();
+        for _ in 0..total {
+            let limiter = RateLimiter::new(shard_rate(rate_limit, total));
+            tasks.spawn(async move {
+                let mut times = Vec::with_capacity(per_shard);
+                for _ in 0..per_shard {
+                    limiter.acquire().await;
+                    times.push(Instant::now() - start);
+                }
+                times
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(times) = tasks.join_next().await {
+            all.extend(times.expect("no panic"));
+        }
+        all.sort_unstable();
+        all
+    }
+
+    fn max_in_one_second(sorted: &[Duration]) -> usize {
+        let mut lo = 0;
+        let mut best = 0;
+        for hi in 0..sorted.len() {
+            while sorted[hi] - sorted[lo] >= Duration::from_secs(1) {
+                lo += 1;
+            }
+            best = best.max(hi - lo + 1);
+        }
+        best
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shards_together_never_exceed_the_apps_quota() {
+        // 20/3 = 6.67/s per shard would let each shard send 7 in a second: 21 in all.
+        for (rate_limit, total) in [(20.0, 3), (10.0, 3), (100.0, 3), (200.0, 7), (7.0, 2)] {
+            let times = shard_request_times(rate_limit, total, 40).await;
+            let peak = max_in_one_second(&times);
+            assert!(
+                peak as f64 <= rate_limit,
+                "{total} shards of {rate_limit}/s: {peak} in one second"
+            );
+            // The shares use the quota but for less than one request a second per shard.
+            assert!(
+                shard_rate(rate_limit, total) * f64::from(total) > rate_limit - f64::from(total)
+            );
+        }
+    }
+
+    #[test]
+    fn one_shard_keeps_the_whole_rate_limit() {
+        assert_eq!(shard_rate(2.5, 1), 2.5);
+        assert_eq!(shard_rate(100.0, 1), 100.0);
+        assert_eq!(shard_rate(0.5, 2), 0.25);
+        assert_eq!(shard_rate(100.0, 3), 33.0);
     }
 }

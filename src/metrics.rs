@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::observe::{Api, ApiObserver, AttemptResult, FailureReason};
@@ -377,16 +377,14 @@ impl Metrics {
     /// The whole `/metrics` exposition (text format 0.0.4): the registry's families, then the
     /// per-group ones from `store`.
     pub fn render(&self, store: &Store, value_hashes: ValueHashes) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 * 1024);
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        let mut out = String::with_capacity(64 * 1024);
+        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
             // Only a malformed family can cause this; a scrape still gets the per-group part.
             tracing::error!(error = %e, "cannot encode the exporter's metrics");
             out.clear();
         }
-        let mut groups = String::new();
-        store.render(&mut groups, value_hashes);
-        out.extend_from_slice(groups.as_bytes());
-        out
+        store.render(&mut out, value_hashes);
+        out.into_bytes()
     }
 }
 
@@ -479,6 +477,12 @@ mod tests {
     fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+    }
+
+    #[test]
+    fn metrics_are_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Metrics>();
     }
 
     #[test]

@@ -38,9 +38,9 @@ impl Shutdown {
         let _ = self.0.wait_for(|&fired| fired).await;
     }
 
-    /// An owned future, for APIs that take `impl Future + 'static`.
-    pub fn into_future(mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        async move { self.fired().await }
+    /// Consumes the listener: for APIs that take an owned `impl Future + 'static`.
+    pub async fn done(mut self) {
+        self.fired().await
     }
 }
 

@@ -199,14 +199,15 @@ impl Snapshot {
     }
 }
 
-/// Index of each change kind in [`Success::changes`], and its `change` label.
+/// The `change` label values, in [`Success::changes`] order.
+#[cfg(test)]
 const CHANGE_KINDS: [&str; 3] = ["added", "removed", "modified"];
 
 /// What the attribute series of a group show: its last successful poll and what changed.
 #[derive(Debug, Clone)]
 struct Success {
     snapshot: Snapshot,
-    /// Counts of added, removed and modified keys, in [`CHANGE_KINDS`] order.
+    /// Counts of added, removed and modified keys, in [`CHANGE_LABELS`] order.
     changes: [u64; 3],
     last_change: f64,
     last_success: f64,
@@ -258,6 +259,10 @@ pub struct Store {
     /// Bumped whenever what [`Store::persisted`] returns changes, so the daemon rewrites the
     /// state file only then (timestamps alone do not count).
     generation: AtomicU64,
+    /// The size of each family's text at the last render: the next one reserves that much up
+    /// front, since growing multi-megabyte buffers by doubling costs more (page faults, copies)
+    /// than writing them.
+    render_sizes: Mutex<[usize; FAMILIES]>,
 }
 
 #[derive(Debug, Clone)]
@@ -281,6 +286,14 @@ impl Store {
 
     fn bump(&self) {
         self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The `ErrorCode` of a group's latest poll (-1: no valid answer); `None` before its first
+    /// poll or when it is not assigned. The daemon logs transitions with it.
+    pub fn error_code(&self, sdkappid: u64, group_id: &str) -> Option<i64> {
+        let app = self.app(sdkappid)?;
+        let groups = lock(&app.groups);
+        groups.get(group_id)?.error_code
     }
 
     /// A number that changes whenever the state file's content would: write the file when it
@@ -526,6 +539,10 @@ impl Store {
     /// per update, while the series are a pure function of the compact state kept here anyway.
     pub fn render(&self, out: &mut String, value_hashes: ValueHashes) {
         let mut f = Families::default();
+        let hint = *lock(&self.render_sizes);
+        for (buf, size) in f.buffers().into_iter().zip(hint) {
+            buf.reserve(size + size / 8);
+        }
         for (sdkappid, app) in self.app_list() {
             let mut assigned = 0u64;
             let mut by_code: BTreeMap<i64, u64> = BTreeMap::from([(0, 0)]);
@@ -563,6 +580,7 @@ impl Store {
                 );
             }
         }
+        *lock(&self.render_sizes) = f.buffers().map(|b| b.len());
         f.finish(out);
     }
 }
@@ -596,73 +614,117 @@ struct Families {
     by_code: String,
 }
 
+/// How many families [`Families`] holds.
+const FAMILIES: usize = 11;
+
 impl Families {
+    fn buffers(&mut self) -> [&mut String; FAMILIES] {
+        [
+            &mut self.up,
+            &mut self.error_code,
+            &mut self.attributes,
+            &mut self.bytes,
+            &mut self.set_hash,
+            &mut self.value_hash,
+            &mut self.changes,
+            &mut self.last_change,
+            &mut self.last_success,
+            &mut self.groups,
+            &mut self.by_code,
+        ]
+    }
+
+    // Hot at scrape time (a dozen lines per group): built with `push_str` and a hand-rolled
+    // integer writer rather than `write!`, which is several times slower per line.
     fn group(&mut self, sdkappid: u64, id: &str, group: &Group, value_hashes: ValueHashes) {
         let Some(code) = group.error_code else {
             return;
         };
-        let mut labels = format!("sdkappid=\"{sdkappid}\",group_id=\"");
+        let mut labels = String::with_capacity(40 + id.len());
+        labels.push_str("sdkappid=\"");
+        push_u64(&mut labels, sdkappid);
+        labels.push_str("\",group_id=\"");
         escape_label_value(&mut labels, id);
         labels.push('"');
-        let up = u8::from(code == 0);
-        let _ = writeln!(self.up, "{}{{{labels}}} {up}", metrics::GROUP_UP.0);
-        let _ = writeln!(
-            self.error_code,
-            "{}{{{labels}}} {code}",
-            metrics::GROUP_ERROR_CODE.0
+        let labels = labels.as_str();
+
+        start(&mut self.up, metrics::GROUP_UP.0, labels, "");
+        push_u64(&mut self.up, u64::from(code == 0));
+        self.up.push('\n');
+        start(
+            &mut self.error_code,
+            metrics::GROUP_ERROR_CODE.0,
+            labels,
+            "",
         );
+        push_i64(&mut self.error_code, code);
+        self.error_code.push('\n');
+
         let Some(s) = &group.success else {
             return;
         };
         let snap = &s.snapshot;
-        let _ = writeln!(
-            self.attributes,
-            "{}{{{labels}}} {}",
+        start(
+            &mut self.attributes,
             metrics::GROUP_ATTRIBUTES.0,
-            snap.attrs.len()
+            labels,
+            "",
         );
-        let _ = writeln!(
-            self.bytes,
-            "{}{{{labels}}} {}",
+        push_u64(&mut self.attributes, snap.attrs.len() as u64);
+        self.attributes.push('\n');
+        start(
+            &mut self.bytes,
             metrics::GROUP_ATTRIBUTES_BYTES.0,
-            snap.bytes()
+            labels,
+            "",
         );
+        push_u64(&mut self.bytes, snap.bytes());
+        self.bytes.push('\n');
         if value_hashes != ValueHashes::Off {
-            let _ = writeln!(
-                self.set_hash,
-                "{}{{{labels}}} {}",
+            start(
+                &mut self.set_hash,
                 metrics::GROUP_ATTRIBUTES_HASH.0,
-                snap.set_hash
+                labels,
+                "",
             );
+            push_u64(&mut self.set_hash, snap.set_hash);
+            self.set_hash.push('\n');
         }
         if value_hashes == ValueHashes::PerKey {
+            let buf = &mut self.value_hash;
             for a in snap.attrs.iter() {
-                let _ = write!(
-                    self.value_hash,
-                    "{}{{{labels},key=\"",
-                    metrics::GROUP_ATTRIBUTE_VALUE_HASH.0
-                );
-                escape_label_value(&mut self.value_hash, &a.key);
-                let _ = writeln!(self.value_hash, "\"}} {}", a.hash);
+                buf.push_str(metrics::GROUP_ATTRIBUTE_VALUE_HASH.0);
+                buf.push('{');
+                buf.push_str(labels);
+                buf.push_str(",key=\"");
+                escape_label_value(buf, &a.key);
+                buf.push_str("\"} ");
+                push_u64(buf, a.hash);
+                buf.push('\n');
             }
         }
-        for (kind, n) in CHANGE_KINDS.iter().zip(s.changes) {
-            let _ = writeln!(
-                self.changes,
-                "{}{{{labels},change=\"{kind}\"}} {n}",
-                metrics::GROUP_ATTRIBUTE_CHANGES.0
+        for (extra, n) in CHANGE_LABELS.iter().zip(s.changes) {
+            start(
+                &mut self.changes,
+                metrics::GROUP_ATTRIBUTE_CHANGES.0,
+                labels,
+                extra,
             );
+            push_u64(&mut self.changes, n);
+            self.changes.push('\n');
         }
-        let _ = write!(
-            self.last_change,
-            "{}{{{labels}}} ",
-            metrics::GROUP_LAST_CHANGE.0
+        start(
+            &mut self.last_change,
+            metrics::GROUP_LAST_CHANGE.0,
+            labels,
+            "",
         );
         write_f64(&mut self.last_change, s.last_change);
-        let _ = write!(
-            self.last_success,
-            "{}{{{labels}}} ",
-            metrics::GROUP_LAST_SUCCESS.0
+        start(
+            &mut self.last_success,
+            metrics::GROUP_LAST_SUCCESS.0,
+            labels,
+            "",
         );
         write_f64(&mut self.last_success, s.last_success);
     }
@@ -681,6 +743,8 @@ impl Families {
             (metrics::GROUPS, self.groups),
             (metrics::GROUPS_BY_ERROR_CODE, self.by_code),
         ];
+        let total: usize = parts.iter().map(|(f, s)| s.len() + f.2.len() + 64).sum();
+        out.reserve(total);
         for ((name, kind, help), samples) in parts {
             if samples.is_empty() {
                 continue;
@@ -692,8 +756,49 @@ impl Families {
     }
 }
 
+/// The `change` label of each counter, in [`Success::changes`] order, ready to append.
+const CHANGE_LABELS: [&str; 3] = [
+    ",change=\"added\"",
+    ",change=\"removed\"",
+    ",change=\"modified\"",
+];
+
+/// Starts a sample line: `name{labels extra} `.
+fn start(out: &mut String, name: &str, labels: &str, extra: &str) {
+    out.push_str(name);
+    out.push('{');
+    out.push_str(labels);
+    out.push_str(extra);
+    out.push_str("} ");
+}
+
+fn push_u64(out: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
+}
+
+fn push_i64(out: &mut String, v: i64) {
+    if v < 0 {
+        out.push('-');
+    }
+    push_u64(out, v.unsigned_abs());
+}
+
 /// Escapes a label value per the text format: `\` → `\\`, `"` → `\"`, newline → `\n`.
 fn escape_label_value(out: &mut String, value: &str) {
+    if !value.contains(['\\', '"', '\n']) {
+        out.push_str(value);
+        return;
+    }
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -1010,6 +1115,12 @@ mod tests {
         let ids: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
         store.set_assigned(1, &ids);
         store
+    }
+
+    #[test]
+    fn store_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Store>();
     }
 
     #[test]

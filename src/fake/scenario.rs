@@ -187,50 +187,8 @@ impl fmt::Display for ScenarioError {
     }
 }
 
-/// Parses a Prometheus-style duration: one or more `<number><unit>` with units `ms`, `s`,
-/// `m`, `h`, `d`, `w`, `y` from largest to smallest (`1h30m`, `500ms`), or `0`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let err = || format!("invalid duration {s:?} (expected e.g. 500ms, 30s, 1m, 1h30m)");
-    const UNITS: [(&str, u64); 7] = [
-        ("y", 365 * 86_400_000),
-        ("w", 7 * 86_400_000),
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-        ("ms", 1),
-    ];
-    let mut rest = s;
-    let mut total_ms: u64 = 0;
-    let mut last_unit = None;
-    if rest.is_empty() {
-        return Err(err());
-    }
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(err());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
-        rest = &rest[digits..];
-        let letters = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit = &rest[..letters];
-        rest = &rest[letters..];
-        let pos = UNITS.iter().position(|(u, _)| *u == unit).ok_or_else(err)?;
-        if last_unit.is_some_and(|last| pos <= last) {
-            return Err(err());
-        }
-        last_unit = Some(pos);
-        total_ms = n
-            .checked_mul(UNITS[pos].1)
-            .and_then(|ms| total_ms.checked_add(ms))
-            .ok_or_else(err)?;
-    }
-    Ok(Duration::from_millis(total_ms))
-}
+/// Scenario durations are the exporter's own Prometheus-style durations.
+pub use crate::config::parse_duration;
 
 /// Formats a duration the way [`parse_duration`] reads it.
 pub fn format_duration(d: Duration) -> String {

@@ -85,10 +85,17 @@ pub fn exporter_bin() -> &'static str {
 impl Exporter {
     /// Starts the exporter on 127.0.0.1:0 and learns the bound port from its startup log line.
     pub fn start(config: &Path, extra: &[&str]) -> Exporter {
+        Exporter::start_with_env(config, extra, &[])
+    }
+
+    /// [`Exporter::start`] with extra environment variables (`HOSTNAME` for
+    /// `--shard.from-hostname`).
+    pub fn start_with_env(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Exporter {
         let mut child = Command::new(exporter_bin())
             .arg(format!("--config.file={}", config.display()))
             .arg("--web.listen-address=127.0.0.1:0")
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
