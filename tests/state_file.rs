@@ -333,6 +333,9 @@ async fn starts_despite(what: &str, prepare: impl FnOnce(&Path)) -> String {
     warning
 }
 
+/// Puts a bad state file (or something else) where the state file goes.
+type Prepare = Box<dyn FnOnce(&Path)>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_truncated_foreign_or_unreadable_state_files_are_ignored() {
     let valid = {
@@ -351,7 +354,7 @@ async fn corrupt_truncated_foreign_or_unreadable_state_files_are_ignored() {
         );
         serde_json::to_vec(&p).unwrap()
     };
-    let cases: Vec<(&str, Box<dyn FnOnce(&Path)>, &str)> = vec![
+    let cases: Vec<(&str, Prepare, &str)> = vec![
         (
             "corrupt",
             Box::new(|p: &Path| std::fs::write(p, b"{\"version\":1,\"apps\":{{{{").unwrap()),
