@@ -15,7 +15,9 @@ fn main() -> ExitCode {
         args.first().and_then(|s| s.parse::<u64>().ok()),
         args.get(1),
     ) else {
-        eprintln!("usage: usersig SDKAPPID IDENTIFIER [TTL_SECONDS] (key in TIMATTR_BENCH_SECRET_KEY)");
+        eprintln!(
+            "usage: usersig SDKAPPID IDENTIFIER [TTL_SECONDS] (key in TIMATTR_BENCH_SECRET_KEY)"
+        );
         return ExitCode::from(64);
     };
     let ttl = args
@@ -30,7 +32,13 @@ fn main() -> ExitCode {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let sig = usersig::generate(&SecretKey::new(key.trim().to_owned()), sdkappid, identifier, now, ttl);
+    let sig = usersig::generate(
+        &SecretKey::new(key.trim().to_owned()),
+        sdkappid,
+        identifier,
+        now,
+        ttl,
+    );
     println!("{}", sig.expose());
     ExitCode::SUCCESS
 }
