@@ -69,11 +69,14 @@ impl Counts {
     }
 }
 
+/// When a request arrived (since the fake started), and the group it named.
+type Arrival = (Duration, Option<Box<str>>);
+
 #[derive(Debug, Default)]
 pub struct Stats {
     pub counts: Counts,
     /// Arrival time, and the group named (for per-group intervals in the benchmarks).
-    times: HashMap<(u64, &'static str), VecDeque<(Duration, Option<Box<str>>)>>,
+    times: HashMap<(u64, &'static str), VecDeque<Arrival>>,
 }
 
 impl Stats {
