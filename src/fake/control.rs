@@ -79,6 +79,17 @@ fn route(fake: &Fake, method: &Method, path: &str, query: &str, body: &Bytes) ->
                 .and_then(|s| s.parse::<u64>().ok())
                 .ok_or_else(|| bad("sdkappid (a number) is required"))?;
             let api = params.get("api").ok_or_else(|| bad("api is required"))?;
+            if params.get("groups").is_some_and(|g| g == "1") {
+                // Parallel arrays: the group each request named (null for none).
+                let (secs, groups): (Vec<f64>, Vec<Option<String>>) = fake
+                    .request_times_with_groups(sdkappid, api)
+                    .into_iter()
+                    .map(|(d, g)| (d.as_secs_f64(), g))
+                    .unzip();
+                return Ok(
+                    json!({ "sdkappid": sdkappid, "api": api, "seconds": secs, "groups": groups }),
+                );
+            }
             let secs: Vec<f64> = fake
                 .request_times(sdkappid, api)
                 .iter()

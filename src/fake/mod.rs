@@ -368,6 +368,15 @@ impl Fake {
         lock(&self.inner.stats).times(sdkappid, api)
     }
 
+    /// [`Fake::request_times`] with the group each request named, for per-group intervals.
+    pub fn request_times_with_groups(
+        &self,
+        sdkappid: u64,
+        api: &str,
+    ) -> Vec<(Duration, Option<String>)> {
+        lock(&self.inner.stats).times_with_groups(sdkappid, api)
+    }
+
     pub fn reset_counts(&self) {
         lock(&self.inner.stats).reset();
     }

@@ -69,10 +69,14 @@ impl Counts {
     }
 }
 
+/// When a request arrived (since the fake started), and the group it named.
+type Arrival = (Duration, Option<Box<str>>);
+
 #[derive(Debug, Default)]
 pub struct Stats {
     pub counts: Counts,
-    times: HashMap<(u64, &'static str), VecDeque<Duration>>,
+    /// Arrival time, and the group named (for per-group intervals in the benchmarks).
+    times: HashMap<(u64, &'static str), VecDeque<Arrival>>,
 }
 
 impl Stats {
@@ -104,14 +108,27 @@ impl Stats {
         if times.len() == MAX_TIMES_PER_API {
             times.pop_front();
         }
-        times.push_back(since_start);
+        times.push_back((since_start, group.map(Box::from)));
     }
 
     pub fn times(&self, sdkappid: u64, api: &str) -> Vec<Duration> {
         self.times
             .iter()
             .find(|((app, name), _)| *app == sdkappid && *name == api)
-            .map(|(_, t)| t.iter().copied().collect())
+            .map(|(_, t)| t.iter().map(|(at, _)| *at).collect())
+            .unwrap_or_default()
+    }
+
+    /// Arrival times with the group each request named (`None` for calls without a group).
+    pub fn times_with_groups(&self, sdkappid: u64, api: &str) -> Vec<(Duration, Option<String>)> {
+        self.times
+            .iter()
+            .find(|((app, name), _)| *app == sdkappid && *name == api)
+            .map(|(_, t)| {
+                t.iter()
+                    .map(|(at, g)| (*at, g.as_deref().map(str::to_owned)))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -1,0 +1,594 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark workloads of timattr_exporter (issue 5); run through scripts/bench.sh.
+
+Everything runs on this machine against the fake Tencent Chat API (`timattr_fake_api`), on
+ports picked free at run time. Each workload starts its own processes and stops them. Figures are
+measured, never computed from settings:
+
+  w1  CPU seconds per 1,000 upstream requests and peak RSS: the exporter polling as fast as a
+      high rate limit allows, vs blackbox_exporter driven at the same rate through /probe.
+  w2  quota fidelity at the fake: max requests in any 1-second window, throughput, with 1/2/4
+      shards sharing rate_limit R.
+  w3  schedule: G groups at interval I where G/I = R: startup windows, per-group interval jitter.
+  w4  RSS after one full cycle with N groups of 4 attributes (value_hashes: per_key).
+  w5  /metrics at 10,000 and 100,000 groups: render time, body size plain and gzip, and polling
+      rate and lag while scrapes run back to back.
+
+Prints one table per workload and writes all figures as JSON (--json).
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+APP = 1400000001
+KEY_ENV = "TIMATTR_BENCH_SECRET_KEY"
+API_PATH = "/v4/group_open_attr_http_svc/get_group_attr"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- processes and /proc
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds (fields 14 and 15 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def mem_kib(pid, field):
+    """VmRSS or VmHWM (peak RSS) of a process, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
+
+
+class Procs:
+    """Processes started by a workload; all stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.procs = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def start(self, args, name, env=None, read_stdout=False):
+        # Output goes to files in the work directory (an unread pipe could fill and block).
+        log = open(os.path.join(self.workdir, f"{name}.log"), "a")
+        out = subprocess.PIPE if read_stdout else log
+        p = subprocess.Popen(args, stdout=out, stderr=log, env=env, text=True)
+        self.procs.append(p)
+        return p
+
+
+def wait_for(cond, timeout, what, every=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return
+        except (OSError, http.client.HTTPException, ValueError):
+            pass
+        time.sleep(every)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def http_get(url, headers=None, timeout=60):
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        # Header names lower-cased: hyper sends them so, urllib keeps them as sent.
+        return r.status, r.read(), {k.lower(): v for k, v in r.headers.items()}
+
+
+# ---------------------------------------------------------------- the fake and the exporter
+
+
+def write_scenario(workdir, groups, rate_limit):
+    """A fake with `groups` groups of 4 attributes of 16 bytes; `rate_limit` None = unlimited."""
+    rl = "null" if rate_limit is None else str(rate_limit)
+    path = os.path.join(workdir, f"scenario-{groups}-{rl}.yml")
+    with open(path, "w") as f:
+        f.write(
+            f"""apps:
+  - sdkappid: {APP}
+    identifier: administrator
+    secret_key_env: {KEY_ENV}
+    rate_limits: {{get_group_attr: {rl}, get_appid_group_list: null, writes: null}}
+    generate:
+      - {{count: {groups}, prefix: "@TGS#bench", attrs: 4, value_bytes: 16, type: Public}}
+"""
+        )
+    return path
+
+
+def start_fake(ctx, bins, env, groups, rate_limit=None):
+    scenario = write_scenario(ctx.workdir, groups, rate_limit)
+    p = ctx.start(
+        [bins["fake"], "--scenario", scenario, "--listen", "127.0.0.1:0"], "fake", env=env,
+        read_stdout=True,
+    )
+    line = p.stdout.readline()
+    m = re.search(r"listening on (http://\S+)", line)
+    if not m:
+        raise RuntimeError(f"the fake did not start: {line!r}")
+    return p, m.group(1).rstrip("/")
+
+
+def write_config(workdir, name, fake_url, groups, interval, rate_limit, max_concurrency=64):
+    path = os.path.join(workdir, f"{name}.yml")
+    with open(path, "w") as f:
+        f.write(
+            f"""poll_interval: {interval}
+value_hashes: per_key
+apps:
+  - sdkappid: {APP}
+    endpoint: {fake_url}/
+    identifier: administrator
+    secret_key_env: {KEY_ENV}
+    rate_limit: {rate_limit}
+    max_concurrency: {max_concurrency}
+    timeout: 5s
+    groups:
+"""
+        )
+        for i in range(groups):
+            f.write(f'      - "@TGS#bench{i}"\n')
+    return path
+
+
+def start_exporter(ctx, bins, env, config, shard=None, name="exporter"):
+    port = free_port()
+    args = [
+        bins["exporter"],
+        "--config.file",
+        config,
+        "--web.listen-address",
+        f"127.0.0.1:{port}",
+        "--log.level",
+        "warn",
+    ]
+    if shard is not None:
+        args += ["--shard", str(shard[0]), "--total-shards", str(shard[1])]
+    p = ctx.start(args, name, env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: http_get(url + "/-/ready")[0] == 200, 120, f"{name} ready")
+    return p, url
+
+
+def fake_total(fake_url):
+    """get_group_attr requests the fake has seen for the app, and how many groups they named."""
+    _, body, _ = http_get(fake_url + "/fake/counts")
+    app = json.loads(body)["apps"].get(str(APP), {})
+    return app.get("by_api", {}).get("get_group_attr", {}).get("total", 0), app.get("by_group", {})
+
+
+def fake_requests(fake_url, groups=False):
+    q = f"sdkappid={APP}&api=get_group_attr" + ("&groups=1" if groups else "")
+    _, body, _ = http_get(f"{fake_url}/fake/requests?{q}")
+    return json.loads(body)
+
+
+def max_window(times, width=1.0):
+    """The most arrivals in any half-open window [t, t + width) (sliding over every arrival)."""
+    times = sorted(times)
+    best, j = 0, 0
+    for i in range(len(times)):
+        while j < len(times) and times[j] < times[i] + width:
+            j += 1
+        best = max(best, j - i)
+    return best
+
+
+def percentile(xs, p):
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))
+    return xs[k]
+
+
+# ---------------------------------------------------------------- workloads
+
+
+def w1_cost(bins, env, workdir, args):
+    """Exporter vs blackbox_exporter: CPU per 1,000 upstream requests and peak RSS."""
+    rate, window, warm = args.w1_rate, args.w1_window, 5
+    runs = []
+    for run in range(args.w1_runs):
+        row = {}
+        # The exporter: 10,000 groups wanting 2,000 req/s, capped by rate_limit.
+        with Procs(workdir) as ctx:
+            _, fake_url = start_fake(ctx, bins, env, 10_000)
+            cfg = write_config(workdir, "w1", fake_url, 10_000, "5s", rate)
+            exp, _ = start_exporter(ctx, bins, env, cfg)
+            time.sleep(warm)
+            c0, n0 = cpu_seconds(exp.pid), fake_total(fake_url)[0]
+            time.sleep(window)
+            c1, n1 = cpu_seconds(exp.pid), fake_total(fake_url)[0]
+            row["exp_reqs_per_s"] = (n1 - n0) / window
+            row["exp_cpu_per_1k"] = (c1 - c0) / max(1, n1 - n0) * 1000
+            row["exp_hwm_kib"] = mem_kib(exp.pid, "VmHWM")
+        # blackbox_exporter, one probe per upstream request, at the rate the exporter reached.
+        with Procs(workdir) as ctx:
+            _, fake_url = start_fake(ctx, bins, env, 10_000)
+            sig = subprocess.run(
+                [bins["usersig"], str(APP), "administrator", "86400"],
+                env=env, capture_output=True, text=True, check=True,
+            ).stdout.strip()
+            target = (
+                f"{fake_url}{API_PATH}?sdkappid={APP}&identifier=administrator"
+                f"&usersig={urllib.parse.quote(sig, safe='')}&random=12345&contenttype=json"
+            )
+            bb_cfg = os.path.join(workdir, "blackbox.yml")
+            with open(bb_cfg, "w") as f:
+                f.write(
+                    """modules:
+  tim_get_group_attr:
+    prober: http
+    timeout: 5s
+    http:
+      method: POST
+      headers:
+        Content-Type: application/json
+      body: '{"GroupId":"@TGS#bench0"}'
+      valid_status_codes: [200]
+      preferred_ip_protocol: ip4
+      fail_if_body_not_matches_regexp:
+        - '"ErrorCode":0'
+"""
+                )
+            port = free_port()
+            bb = ctx.start(
+                [
+                    bins["blackbox"],
+                    f"--config.file={bb_cfg}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--log.level=warn",
+                ],
+                "blackbox",
+            )
+            probe = (
+                f"http://127.0.0.1:{port}/probe?module=tim_get_group_attr&target="
+                + urllib.parse.quote(target, safe="")
+            )
+            wait_for(lambda: b"probe_success 1" in http_get(probe)[1], 30, "blackbox probe ok")
+            bb_rate = row["exp_reqs_per_s"]
+            lg = subprocess.Popen(
+                [bins["loadgen"], probe, f"{bb_rate:.1f}", str(warm + window + 2), "64"],
+                stdout=subprocess.PIPE, text=True,
+            )
+            time.sleep(warm)
+            c0, n0 = cpu_seconds(bb.pid), fake_total(fake_url)[0]
+            time.sleep(window)
+            c1, n1 = cpu_seconds(bb.pid), fake_total(fake_url)[0]
+            out, _ = lg.communicate(timeout=60)
+            lg_summary = json.loads(out.strip().splitlines()[-1])
+            row["bb_reqs_per_s"] = (n1 - n0) / window
+            row["bb_cpu_per_1k"] = (c1 - c0) / max(1, n1 - n0) * 1000
+            row["bb_hwm_kib"] = mem_kib(bb.pid, "VmHWM")
+            row["bb_loadgen"] = lg_summary
+        row["ratio"] = row["exp_cpu_per_1k"] / row["bb_cpu_per_1k"]
+        runs.append(row)
+        print(f"  w1 run {run + 1}: {json.dumps(row)}", file=sys.stderr)
+    med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "bb_loadgen"}
+    return {"runs": runs, "median": med, "rate_limit": rate, "window_s": window}
+
+
+def w2_quota(bins, env, workdir, args):
+    """rate_limit R shared by 1, 2 and 4 shards; measured at the fake (which enforces R too)."""
+    r, groups, interval, window = 200, 4_000, "10s", args.w2_window
+    out = []
+    for shards in (1, 2, 4):
+        with Procs(workdir) as ctx:
+            _, fake_url = start_fake(ctx, bins, env, groups, rate_limit=r)
+            cfg = write_config(workdir, f"w2-{shards}", fake_url, groups, interval, r, 16)
+            exps = [
+                start_exporter(ctx, bins, env, cfg, (i, shards) if shards > 1 else None, f"w2-{i}")
+                for i in range(shards)
+            ]
+            time.sleep(window)
+            reqs = fake_requests(fake_url)["seconds"]
+            counts = json.loads(http_get(fake_url + "/fake/counts")[1])
+            rejected = counts["apps"][str(APP)]["by_api"]["get_group_attr"]["by_outcome"].get("60007", 0)
+            del exps
+        reqs.sort()
+        # Throughput over whole seconds from the first arrival + 2 s (every shard is up by
+        # then) to the last arrival: the startup ramp is not the quota's fault.
+        t0 = reqs[0] + 2
+        steady = [t for t in reqs if t >= t0]
+        span = steady[-1] - steady[0]
+        row = {
+            "shards": shards,
+            "requests": len(reqs),
+            "max_per_1s_window": max_window(reqs),
+            "throughput_per_s": (len(steady) - 1) / span if span > 0 else 0,
+            "rejected_60007": rejected,
+        }
+        row["throughput_ratio"] = row["throughput_per_s"] / r
+        out.append(row)
+        print(f"  w2: {json.dumps(row)}", file=sys.stderr)
+    return {"rate_limit": r, "groups": groups, "interval": interval, "window_s": window, "rows": out}
+
+
+def w3_schedule(bins, env, workdir, args):
+    """G groups at interval I with G/I = R exactly: startup windows and per-group jitter."""
+    r = 200
+    groups, interval = args.w3_groups, args.w3_interval
+    seconds = args.w3_cycles * interval + 10
+    with Procs(workdir) as ctx:
+        _, fake_url = start_fake(ctx, bins, env, groups, rate_limit=r)
+        cfg = write_config(workdir, "w3", fake_url, groups, f"{interval}s", r, 16)
+        _, exp_url = start_exporter(ctx, bins, env, cfg)
+        started = time.monotonic()
+        time.sleep(seconds)
+        data = fake_requests(fake_url, groups=True)
+        counts = json.loads(http_get(fake_url + "/fake/counts")[1])
+        rejected = counts["apps"][str(APP)]["by_api"]["get_group_attr"]["by_outcome"].get("60007", 0)
+        metrics = http_get(exp_url + "/metrics")[1].decode()
+        lag = re.search(r"^timattr_poll_lag_seconds\{[^}]*\} (\S+)$", metrics, re.M)
+    times, gids = data["seconds"], data["groups"]
+    first = min(times)
+    per_group = {}
+    for t, g in zip(times, gids):
+        per_group.setdefault(g, []).append(t)
+    # Intervals that start after the first cycle (every group's first poll is at its phase).
+    jitter, intervals = [], []
+    for ts in per_group.values():
+        ts.sort()
+        for a, b in zip(ts, ts[1:]):
+            if a >= first + interval:
+                intervals.append(b - a)
+                jitter.append(abs(b - a - interval))
+    startup = [t for t in times if t < first + interval]
+    row = {
+        "groups": groups,
+        "interval_s": interval,
+        "rate_limit": r,
+        "ran_s": round(time.monotonic() - started, 1),
+        "requests": len(times),
+        "max_per_1s_window_startup": max_window(startup),
+        "max_per_1s_window_all": max_window(times),
+        "intervals_measured": len(intervals),
+        "jitter_p50_s": percentile(jitter, 50),
+        "jitter_p99_s": percentile(jitter, 99),
+        "jitter_max_s": max(jitter) if jitter else float("nan"),
+        "interval_median_s": percentile(intervals, 50),
+        "rejected_60007": rejected,
+        "poll_lag_at_end_s": float(lag.group(1)) if lag else None,
+    }
+    print(f"  w3: {json.dumps(row)}", file=sys.stderr)
+    return row
+
+
+def metric_value(text, name):
+    m = re.search(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def w4_w5_memory_scrape(bins, env, workdir, args):
+    """RSS after one full cycle per group count; /metrics render time and size; polling under
+    back-to-back scrapes."""
+    rows = []
+    for n in [1] + args.w4_sizes:
+        # Demand of n/interval, at most 2,000 req/s so a cycle of 100,000 takes 50 s; the rate
+        # limit is twice the demand, so polling keeps its schedule unless something stalls it.
+        interval = max(5, n // 2000)
+        rate = max(100, 2 * n / interval)
+        with Procs(workdir) as ctx:
+            _, fake_url = start_fake(ctx, bins, env, max(n, 1))
+            cfg = write_config(workdir, f"w4-{n}", fake_url, n, f"{interval}s", rate, 64)
+            exp, exp_url = start_exporter(ctx, bins, env, cfg)
+            ready_rss = mem_kib(exp.pid, "VmRSS")
+            t0 = time.monotonic()
+            wait_for(
+                lambda: len(fake_total(fake_url)[1]) >= n,
+                interval * 2 + 60,
+                f"every one of {n} groups polled",
+                every=max(1.0, interval / 10),
+            )
+            cycle_s = time.monotonic() - t0
+            time.sleep(1)
+            row = {
+                "groups": n,
+                "interval_s": interval,
+                "rate_limit": rate,
+                "rss_ready_kib": ready_rss,
+                "rss_after_cycle_kib": mem_kib(exp.pid, "VmRSS"),
+                "hwm_kib": mem_kib(exp.pid, "VmHWM"),
+                "first_cycle_s": round(cycle_s, 1),
+            }
+            if n >= 10_000:
+                row.update(scrape(exp, exp_url, fake_url, args.w5_scrapes, n / interval))
+            rows.append(row)
+            print(f"  w4/w5: {json.dumps(row)}", file=sys.stderr)
+    base = rows[0]["rss_after_cycle_kib"]
+    for row in rows[1:]:
+        row["kib_per_group"] = (row["rss_after_cycle_kib"] - base) / row["groups"]
+    return {"baseline_kib": base, "rows": rows}
+
+
+def scrape(exp, exp_url, fake_url, scrapes, demand):
+    """Median /metrics time over back-to-back scrapes, sizes, and the polling rate meanwhile."""
+    # Polling before the scrapes: the rate over 5 s.
+    n0, t0 = fake_total(fake_url)[0], time.monotonic()
+    time.sleep(5)
+    n1, t1 = fake_total(fake_url)[0], time.monotonic()
+    before_rate = (n1 - n0) / (t1 - t0)
+    _, gz_body, gz_headers = http_get(exp_url + "/metrics", {"Accept-Encoding": "gzip"})
+    gz_ok = gz_headers.get("content-encoding") == "gzip"
+    durations, sizes, gz_durations = [], [], []
+    cpu0 = cpu_seconds(exp.pid)
+    n0, t0 = fake_total(fake_url)[0], time.monotonic()
+    for _ in range(scrapes):
+        s = time.perf_counter()
+        _, body, _ = http_get(exp_url + "/metrics")
+        durations.append(time.perf_counter() - s)
+        sizes.append(len(body))
+    for _ in range(max(3, scrapes // 4)):
+        s = time.perf_counter()
+        http_get(exp_url + "/metrics", {"Accept-Encoding": "gzip"})
+        gz_durations.append(time.perf_counter() - s)
+    n1, t1 = fake_total(fake_url)[0], time.monotonic()
+    cpu1 = cpu_seconds(exp.pid)
+    text = http_get(exp_url + "/metrics")[1].decode()
+    return {
+        "scrape_median_ms": statistics.median(durations) * 1000,
+        "scrape_gzip_median_ms": statistics.median(gz_durations) * 1000,
+        "scrapes": len(durations) + len(gz_durations),
+        "body_bytes": statistics.median(sizes),
+        "body_gzip_bytes": len(gz_body) if gz_ok else None,
+        "series_per_group_check": text.count("\n"),
+        "poll_rate_demand": demand,
+        "poll_rate_before": before_rate,
+        "poll_rate_during_scrapes": (n1 - n0) / (t1 - t0),
+        "scrape_period_s": t1 - t0,
+        "exporter_cpu_s_during_scrapes": cpu1 - cpu0,
+        "poll_lag_s_after": metric_value(text, "timattr_poll_lag_seconds"),
+    }
+
+
+# ---------------------------------------------------------------- tables
+
+
+def table(title, header, rows):
+    print(f"\n## {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(str(c) for c in r) + " |")
+
+
+def f(x, d=2):
+    return "n/a" if x is None else f"{x:.{d}f}"
+
+
+def report(res):
+    if "w1" in res:
+        w = res["w1"]
+        m = w["median"]
+        table(
+            f"W1 cost per poll (median of {len(w['runs'])} runs, {w['window_s']} s windows)",
+            ["process", "upstream req/s", "CPU s / 1,000 req", "peak RSS MiB"],
+            [
+                ["timattr_exporter", f(m["exp_reqs_per_s"], 0), f(m["exp_cpu_per_1k"], 3), f(m["exp_hwm_kib"] / 1024, 1)],
+                ["blackbox_exporter", f(m["bb_reqs_per_s"], 0), f(m["bb_cpu_per_1k"], 3), f(m["bb_hwm_kib"] / 1024, 1)],
+            ],
+        )
+        print(f"\nratio exporter/blackbox CPU per request (median of per-run ratios): {m['ratio']:.3f} "
+              f"(target <= 0.100); per run: {', '.join(f(r['ratio'], 3) for r in w['runs'])}")
+    if "w2" in res:
+        w = res["w2"]
+        table(
+            f"W2 quota fidelity (R={w['rate_limit']}, {w['groups']} groups at {w['interval']}, {w['window_s']} s)",
+            ["shards", "requests", "max in any 1 s window", "throughput /s", "x R", "60007 answers"],
+            [[r["shards"], r["requests"], r["max_per_1s_window"], f(r["throughput_per_s"], 1),
+              f(r["throughput_ratio"], 3), r["rejected_60007"]] for r in w["rows"]],
+        )
+    if "w3" in res:
+        r = res["w3"]
+        table(
+            f"W3 schedule ({r['groups']} groups at {r['interval_s']} s, R={r['rate_limit']}, ran {r['ran_s']} s)",
+            ["max 1 s window (first cycle)", "max 1 s window (all)", "intervals", "median interval s",
+             "jitter p50 s", "jitter p99 s", "jitter max s", "poll lag at end s", "60007"],
+            [[r["max_per_1s_window_startup"], r["max_per_1s_window_all"], r["intervals_measured"],
+              f(r["interval_median_s"], 3), f(r["jitter_p50_s"], 3), f(r["jitter_p99_s"], 3),
+              f(r["jitter_max_s"], 3), f(r["poll_lag_at_end_s"], 3), r["rejected_60007"]]],
+        )
+    if "w4" in res:
+        w = res["w4"]
+        table(
+            "W4 memory after one full cycle (4 attributes per group, value_hashes: per_key)",
+            ["groups", "RSS ready MiB", "RSS after cycle MiB", "peak RSS MiB", "KiB / group above 1-group baseline", "first cycle s"],
+            [[r["groups"], f(r["rss_ready_kib"] / 1024, 1), f(r["rss_after_cycle_kib"] / 1024, 1),
+              f(r["hwm_kib"] / 1024, 1), f(r.get("kib_per_group"), 3), r["first_cycle_s"]] for r in w["rows"]],
+        )
+        scr = [r for r in w["rows"] if "scrape_median_ms" in r]
+        if scr:
+            table(
+                "W5 /metrics (back-to-back scrapes while polling)",
+                ["groups", "median ms plain", "median ms gzip", "body bytes", "gzip bytes",
+                 "poll req/s demand", "before", "during scrapes", "poll lag after s"],
+                [[r["groups"], f(r["scrape_median_ms"], 1), f(r["scrape_gzip_median_ms"], 1),
+                  int(r["body_bytes"]), r["body_gzip_bytes"], f(r["poll_rate_demand"], 0),
+                  f(r["poll_rate_before"], 0), f(r["poll_rate_during_scrapes"], 0),
+                  f(r["poll_lag_s_after"], 3)] for r in scr],
+            )
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin-dir", default="target/release")
+    ap.add_argument("--blackbox", default="/usr/bin/prometheus-blackbox-exporter")
+    ap.add_argument("--only", default="w1,w2,w3,w4", help="comma-separated: w1,w2,w3,w4 (w4 includes w5)")
+    ap.add_argument("--json", help="write all figures to this file")
+    ap.add_argument("--w1-rate", type=float, default=500)
+    ap.add_argument("--w1-window", type=float, default=20)
+    ap.add_argument("--w1-runs", type=int, default=3)
+    ap.add_argument("--w2-window", type=float, default=25)
+    ap.add_argument("--w3-groups", type=int, default=12_000)
+    ap.add_argument("--w3-interval", type=int, default=60)
+    ap.add_argument("--w3-cycles", type=float, default=2.5)
+    ap.add_argument("--w4-sizes", default="1000,10000,100000")
+    ap.add_argument("--w5-scrapes", type=int, default=20)
+    args = ap.parse_args()
+    args.w4_sizes = [int(x) for x in args.w4_sizes.split(",") if x]
+    bins = {
+        "exporter": os.path.join(args.bin_dir, "timattr_exporter"),
+        "fake": os.path.join(args.bin_dir, "timattr_fake_api"),
+        "usersig": os.path.join(args.bin_dir, "examples", "usersig"),
+        "loadgen": os.path.join(args.bin_dir, "examples", "loadgen"),
+        "blackbox": args.blackbox,
+    }
+    env = dict(os.environ)
+    # A benchmark key, not a secret: the fake and the exporter read it from the environment.
+    env.setdefault(KEY_ENV, "timattr-bench-key-not-a-secret")
+    env["RUST_LOG"] = "warn"
+    only = set(args.only.split(","))
+    res = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "nproc": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="timattr-bench-") as workdir:
+        for name, fn in (("w1", w1_cost), ("w2", w2_quota), ("w3", w3_schedule), ("w4", w4_w5_memory_scrape)):
+            if name in only:
+                s = time.monotonic()
+                print(f"running {name} ...", file=sys.stderr)
+                res[name] = fn(bins, env, workdir, args)
+                print(f"  {name} took {time.monotonic() - s:.0f} s", file=sys.stderr)
+    report(res)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
