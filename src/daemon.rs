@@ -78,6 +78,8 @@ pub struct Daemon {
 
 /// One app's running pieces.
 struct AppRunner {
+    /// The app's settings without its group list (the store and the scheduler hold the groups;
+    /// a third copy here would cost ~70 bytes a group for a comparison on reload).
     config: AppConfig,
     limiter: Arc<RateLimiter>,
     groups: Arc<GroupSets>,
@@ -180,8 +182,9 @@ impl Daemon {
     /// Applies a config: starts new apps, stops removed ones, updates the others in place so
     /// the state and counters of groups that stay survive.
     async fn apply(&self, config: Config) {
-        let config = Arc::new(config);
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&config);
+        // Kept for rendering and the state file: the settings without the group lists, which
+        // live in the store and the schedulers.
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings_only(&config));
         let mut apps = self.apps.lock().await;
         let wanted: BTreeSet<u64> = config.apps.iter().map(|a| a.sdkappid).collect();
         let gone: Vec<u64> = apps
@@ -211,7 +214,7 @@ impl Daemon {
                 Some(runner) if same_client(&runner.config, app) => {
                     runner.limiter.set_rate(rate);
                     runner.groups.set_static(app);
-                    runner.config = app.clone();
+                    runner.config = without_groups(app);
                 }
                 _ => {
                     if let Some(old) = apps.remove(&app.sdkappid) {
@@ -295,7 +298,7 @@ impl Daemon {
             )));
         }
         Ok(AppRunner {
-            config: app.clone(),
+            config: without_groups(app),
             limiter,
             groups,
             stop,
@@ -368,6 +371,22 @@ pub fn shard_rate(rate_limit: f64, total_shards: u32) -> f64 {
         share.floor()
     } else {
         share
+    }
+}
+
+fn settings_only(config: &Config) -> Config {
+    Config {
+        poll_interval: config.poll_interval,
+        state_file: config.state_file.clone(),
+        value_hashes: config.value_hashes,
+        apps: config.apps.iter().map(without_groups).collect(),
+    }
+}
+
+fn without_groups(app: &AppConfig) -> AppConfig {
+    AppConfig {
+        groups: Vec::new(),
+        ..app.clone()
     }
 }
 
@@ -615,7 +634,7 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         shard: options.shard,
         source: options.source,
-        current: Mutex::new(Arc::new(options.config.clone())),
+        current: Mutex::new(Arc::new(settings_only(&options.config))),
         apps: tokio::sync::Mutex::new(HashMap::new()),
         ready: AtomicBool::new(false),
         shutdown: trigger.clone(),
