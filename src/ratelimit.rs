@@ -29,6 +29,11 @@ use tokio::time::Instant;
 /// over the schedule benchmark's 1 s jitter target.)
 pub const JITTER_MARGIN: f64 = 1.01;
 
+/// How late a caller may wake before the clock re-bases. Slots late by up to this shift a
+/// second's worth of slots by as much: it must stay well inside the `JITTER_MARGIN` slack
+/// (10 ms), and above tokio's 1 ms timer resolution so that ordinary wake-ups never count.
+pub const LATE_TOLERANCE: Duration = Duration::from_millis(3);
+
 /// The lowest rate accepted; lower (or non-finite) rates are raised to it. Config validation
 /// rejects such values first; this only keeps the arithmetic finite.
 const MIN_RATE: f64 = 0.001;
@@ -37,7 +42,7 @@ const MIN_RATE: f64 = 0.001;
 #[derive(Debug)]
 pub struct RateLimiter {
     inner: Mutex<Inner>,
-    /// Held by the one caller currently waiting for its slot (tokio's mutex is FIFO-fair).
+    /// Held by the one caller currently waiting for its slot.
     turn: tokio::sync::Mutex<()>,
 }
 
@@ -90,34 +95,42 @@ impl RateLimiter {
     }
 
     /// Waits for the next free slot. Callers are served in the order they arrive, one spacing
-    /// apart. A caller dropped while waiting gives its turn to the next one.
+    /// apart. A caller dropped while waiting hands its turn to the next one.
     pub async fn acquire(&self) {
         let _turn = self.turn.lock().await;
-        let slot = {
-            let mut inner = self.lock();
-            let now = Instant::now();
-            let slot = match inner.next {
-                Some(next) if next > now => next,
-                _ => now,
-            };
-            let spacing = inner.spacing_at(slot);
-            inner.next = Some(slot + spacing);
-            if let Some((_, until)) = inner.slowed
-                && slot >= until
-            {
-                inner.slowed = None;
-            }
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
-        let woke = Instant::now();
-        let mut inner = self.lock();
-        let spacing = inner.spacing_at(woke);
-        // Late by more than a spacing: the next slot counts from when this one really went.
-        // Late by less (timer rounding) the grid stays, so rounding never accumulates.
-        if woke > slot + spacing && inner.next.is_some_and(|next| next < woke + spacing) {
-            inner.next = Some(woke + spacing);
+        let slot = self.reserve();
+        // A slot already due goes at once: even an elapsed `sleep_until` waits for the timer
+        // driver's next millisecond tick.
+        if slot > Instant::now() {
+            tokio::time::sleep_until(slot).await;
         }
+        let woke = Instant::now();
+        if woke > slot + LATE_TOLERANCE {
+            let mut inner = self.lock();
+            let rebased = woke + inner.spacing_at(woke);
+            if inner.next.is_none_or(|next| next < rebased) {
+                inner.next = Some(rebased);
+            }
+        }
+    }
+
+    fn reserve(&self) -> Instant {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        // A grid slot passed by less than the tolerance is still taken (the timer woke the
+        // previous caller a little late); past that, idle time is not banked.
+        let slot = match inner.next {
+            Some(next) if next + LATE_TOLERANCE >= now => next,
+            _ => now,
+        };
+        let spacing = inner.spacing_at(slot);
+        inner.next = Some(slot + spacing);
+        if let Some((_, until)) = inner.slowed
+            && slot >= until
+        {
+            inner.slowed = None;
+        }
+        slot
     }
 
     /// Changes the rate (on reload). Slots already handed out keep their times; the next one
@@ -348,5 +361,23 @@ mod tests {
                 pair[1] - pair[0]
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn high_rates_are_not_capped_by_the_millisecond_timer() {
+        // 4,000/s is 0.25 ms apart, below the timer's resolution: slots that fall within one
+        // millisecond go out together instead of one per millisecond.
+        let limiter = RateLimiter::new(4000.0);
+        let start = Instant::now();
+        grants(&limiter, 400).await;
+        let took = Instant::now() - start;
+        assert!(
+            took <= Duration::from_millis(110),
+            "400 slots took {took:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(99),
+            "400 slots took only {took:?}"
+        );
     }
 }
