@@ -10,4 +10,5 @@ scripts/install-test-deps.sh
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
+# Every test target (benches are compiled by clippy above, and run by scripts/bench.sh).
+cargo test --locked --lib --bins --tests --examples -- --test-threads="${TEST_THREADS:-4}"
