@@ -11,4 +11,4 @@ scripts/install-test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 # Every test target (benches are compiled by clippy above, and run by scripts/bench.sh).
-cargo test --locked --lib --bins --tests --examples -- --test-threads="${TEST_THREADS:-4}"
+cargo test --locked --no-fail-fast --lib --bins --tests --examples -- --test-threads="${TEST_THREADS:-4}"

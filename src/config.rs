@@ -385,6 +385,17 @@ impl Walk<'_> {
             };
             if allowed.contains(&key.as_str()) {
                 entries.push((key.as_str(), value));
+            } else if !is_plain_name(key) {
+                // Not a name at all: most likely a key whose `:` is missing, so the "key" holds
+                // the value too, and that value may be the secret key. Never echo it.
+                self.error(
+                    path,
+                    format!(
+                        "a key that is not a plain name (not shown: it may hold a value; is a ':' \
+                         missing after a key?); allowed here: {}",
+                        allowed.join(", ")
+                    ),
+                );
             } else {
                 let hint = match closest(key, allowed) {
                     Some(near) => format!("did you mean {near}? "),
@@ -1314,6 +1325,17 @@ pub fn format_duration(d: Duration) -> String {
         }
     }
     out
+}
+
+/// Whether an unknown key can be echoed in an error: a short identifier, as every real key is.
+/// Anything else (spaces, quotes, a long string) may be a value that lost its `:`, such as a
+/// secret key.
+fn is_plain_name(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 40
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 /// Edit distance, for "did you mean" on unknown keys.

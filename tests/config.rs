@@ -1247,3 +1247,18 @@ fn load_reads_the_file_and_names_it_when_it_cannot() {
     let boxed: Box<dyn std::error::Error> = Box::new(err);
     assert!(boxed.to_string().contains("nope.yml"));
 }
+
+/// A key line whose `:` is lost turns `secret_key  'KEY'` into one unknown "key" holding the
+/// secret: the error must not echo it (found by tests/props.rs).
+#[test]
+fn an_unknown_key_that_is_not_a_name_is_not_echoed() {
+    let yaml = "apps:\n  - sdkappid: 1400000003\n    endpoint: https://proxy.example/tim\n    identifier: admin\n    secret_key  's3cr3t-KEY-4e1f0c9d2b7a6e5f8c3d1b0a9e8f7c6d'    discover: {}\n";
+    let err = timattr_exporter::config::parse(yaml, &|_| None, std::path::Path::new("."))
+        .expect_err("the config is invalid");
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("s3cr3t"), "{text}");
+    assert!(
+        text.contains("apps[0]: a key that is not a plain name"),
+        "{text}"
+    );
+}
