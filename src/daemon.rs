@@ -90,6 +90,8 @@ struct AppRunner {
 /// The two sources of an app's groups.
 #[derive(Default)]
 struct Lists {
+    /// The global `poll_interval`, which discovered groups use.
+    default_interval: Duration,
     configured: Vec<GroupSpec>,
     /// `None` until the first successful discovery (or without `discover`).
     discovered: Option<Vec<Arc<str>>>,
@@ -99,14 +101,13 @@ struct Lists {
 struct GroupSets {
     sdkappid: u64,
     shard: Shard,
-    default_interval: Duration,
     lists: Mutex<Lists>,
     tx: watch::Sender<Arc<Vec<GroupSpec>>>,
     store: Arc<Store>,
 }
 
 impl GroupSets {
-    fn set_static(&self, app: &AppConfig) {
+    fn set_static(&self, app: &AppConfig, default_interval: Duration) {
         let specs = app
             .groups
             .iter()
@@ -116,7 +117,11 @@ impl GroupSets {
                 interval: g.poll_interval,
             })
             .collect();
-        self.lock().configured = specs;
+        {
+            let mut lists = self.lock();
+            lists.configured = specs;
+            lists.default_interval = default_interval;
+        }
         self.publish();
     }
 
@@ -145,7 +150,7 @@ impl GroupSets {
                 if seen.insert(id.as_ref()) {
                     all.push(GroupSpec {
                         id: Arc::clone(id),
-                        interval: self.default_interval,
+                        interval: lists.default_interval,
                     });
                 }
             }
@@ -213,7 +218,7 @@ impl Daemon {
             match apps.get_mut(&app.sdkappid) {
                 Some(runner) if same_client(&runner.config, app) => {
                     runner.limiter.set_rate(rate);
-                    runner.groups.set_static(app);
+                    runner.groups.set_static(app, config.poll_interval);
                     runner.config = without_groups(app);
                 }
                 _ => {
@@ -259,12 +264,14 @@ impl Daemon {
         let groups = Arc::new(GroupSets {
             sdkappid: app.sdkappid,
             shard: self.shard,
-            default_interval,
-            lists: Mutex::new(Lists::default()),
+            lists: Mutex::new(Lists {
+                default_interval,
+                ..Lists::default()
+            }),
             tx,
             store: Arc::clone(&self.store),
         });
-        groups.set_static(app);
+        groups.set_static(app, default_interval);
         let (stop, stopped) = shutdown::channel();
         // The app stops on its own trigger (reload) or the daemon's (shutdown).
         let mut daemon_shutdown = self.shutdown.subscribe();
@@ -787,5 +794,49 @@ mod tests {
         assert_eq!(shard_rate(100.0, 1), 100.0);
         assert_eq!(shard_rate(0.5, 2), 0.25);
         assert_eq!(shard_rate(100.0, 3), 33.0 / SHARD_JITTER_MARGIN);
+    }
+
+    #[test]
+    fn discovered_groups_follow_a_reloaded_poll_interval() {
+        let config = crate::config::parse(
+            "apps:\n  - sdkappid: 1400000000\n    endpoint: http://127.0.0.1:9/\n    identifier: admin\n    secret_key: k\n    groups: [\"@TGS#static\"]\n",
+            &|_| None,
+            std::path::Path::new("."),
+        )
+        .expect("valid")
+        .config;
+        let app = &config.apps[0];
+        let (tx, rx) = watch::channel(Arc::new(Vec::new()));
+        let sets = GroupSets {
+            sdkappid: app.sdkappid,
+            shard: Shard::default(),
+            lists: Mutex::new(Lists {
+                default_interval: Duration::from_secs(60),
+                ..Lists::default()
+            }),
+            tx,
+            store: Arc::new(Store::new()),
+        };
+        sets.set_static(app, Duration::from_secs(60));
+        sets.set_discovered(vec!["@TGS#found".to_owned(), "@TGS#static".to_owned()]);
+        let interval_of = |id: &str| {
+            rx.borrow()
+                .iter()
+                .find(|g| g.id.as_ref() == id)
+                .map(|g| g.interval)
+        };
+        assert_eq!(
+            rx.borrow().len(),
+            2,
+            "a group both configured and found counts once"
+        );
+        assert_eq!(interval_of("@TGS#found"), Some(Duration::from_secs(60)));
+        // A reload that only changes the global poll_interval.
+        sets.set_static(app, Duration::from_secs(15));
+        assert_eq!(interval_of("@TGS#found"), Some(Duration::from_secs(15)));
+        assert_eq!(
+            interval_of("@TGS#static"),
+            Some(app.groups[0].poll_interval)
+        );
     }
 }
