@@ -248,10 +248,12 @@ pub fn parse(
     let mut walk = Walk {
         problems: Vec::new(),
         warnings: Vec::new(),
+        secrets: Vec::new(),
         env,
         base_dir,
     };
     let config = walk.config(&doc);
+    walk.redact_secrets();
     match config {
         Some(config) if walk.problems.is_empty() => Ok(Loaded {
             config,
@@ -302,6 +304,10 @@ fn syntax_problem(yaml: &str, err: &serde_yaml::Error) -> Problem {
 struct Walk<'a> {
     problems: Vec<Problem>,
     warnings: Vec<String>,
+    /// Every secret read so far, to be cut out of the problems and warnings at the end: a
+    /// value echoed in an error (a duration, a region) may be a secret pasted in the wrong
+    /// place.
+    secrets: Vec<String>,
     env: &'a dyn Fn(&str) -> Option<String>,
     base_dir: &'a Path,
 }
@@ -357,6 +363,38 @@ impl Walk<'_> {
             path: path.into(),
             message: message.into(),
         });
+    }
+
+    /// Replaces every secret read (and its trimmed form) in the problems and warnings with
+    /// `<redacted>`. Secrets shorter than 4 bytes are left: cutting them would garble every
+    /// message and they cannot be real keys anyway.
+    fn redact_secrets(&mut self) {
+        let mut secrets: Vec<String> = self
+            .secrets
+            .iter()
+            .flat_map(|s| [s.clone(), s.trim().to_owned()])
+            .filter(|s| s.len() >= 4)
+            .collect();
+        // Longest first, so a secret containing another is cut whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        if secrets.is_empty() {
+            return;
+        }
+        let cut = |text: &mut String| {
+            for s in &secrets {
+                if text.contains(s.as_str()) {
+                    *text = text.replace(s.as_str(), "<redacted>");
+                }
+            }
+        };
+        for p in &mut self.problems {
+            cut(&mut p.path);
+            cut(&mut p.message);
+        }
+        for w in &mut self.warnings {
+            cut(w);
+        }
     }
 
     fn warn(&mut self, path: &str, message: impl fmt::Display) {
@@ -854,6 +892,7 @@ impl Walk<'_> {
                 let path = self.base_dir.join(self.name(&p, v)?);
                 match read_secret_file(&path) {
                     Ok((key, mode)) => {
+                        self.secrets.push(key.expose().to_owned());
                         if mode & 0o077 != 0 {
                             self.warn(
                                 &p,
@@ -887,6 +926,7 @@ impl Walk<'_> {
                         None
                     }
                     Some(raw) => {
+                        self.secrets.push(raw.clone());
                         let key = SecretKey::new(raw);
                         if key.is_empty() {
                             self.error(&p, format!("environment variable {name} is empty"));
@@ -901,6 +941,7 @@ impl Walk<'_> {
                     self.error(&p, format!("must be a string, not {}", kind(v)));
                     return None;
                 };
+                self.secrets.push(raw.clone());
                 let key = SecretKey::new(raw.as_str());
                 if key.is_empty() {
                     self.error(&p, "must not be empty");

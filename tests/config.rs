@@ -1262,3 +1262,18 @@ fn an_unknown_key_that_is_not_a_name_is_not_echoed() {
         "{text}"
     );
 }
+
+/// A secret pasted into another field must not come back in that field's error (found by
+/// tests/props.rs: the key copied into `usersig_ttl` was echoed as an invalid duration).
+#[test]
+fn a_secret_echoed_by_another_field_is_redacted() {
+    let yaml = "apps:\n  - sdkappid: 1400000001\n    region: singapore\n    identifier: administrator\n    secret_key: \"s3cr3t-KEY-4e1f0c9d2b7a6e5f8c3d1b0a9e8f7c6d\"\n    usersig_ttl: \"s3cr3t-KEY-4e1f0c9d2b7a6e5f8c3d1b0a9e8f7c6d\"\n    groups: [\"@TGS#a\"]\n";
+    let err = timattr_exporter::config::parse(yaml, &|_| None, std::path::Path::new("."))
+        .expect_err("the config is invalid");
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("s3cr3t"), "{text}");
+    assert!(
+        text.contains("apps[0].usersig_ttl: invalid duration \"<redacted>\""),
+        "{text}"
+    );
+}
