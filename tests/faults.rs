@@ -164,6 +164,10 @@ fn vm_hwm_kib() -> u64 {
 
 /// Healthy groups must keep being polled every second while the faulty ones fail: their last
 /// success stays recent, and advances.
+/// The tests here run one at a time: each measures timing and the fault matrix measures this
+/// process's peak RSS, which parallel tests in the same binary would distort.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn assert_polled_on_time(d: &Running, server: &FakeServer, healthy: &[&str]) {
     let before = d.metrics().await;
     let counts_before: Vec<u64> = healthy
@@ -188,6 +192,7 @@ async fn assert_polled_on_time(d: &Running, server: &FakeServer, healthy: &[&str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_shows_in_the_metrics_and_healthy_groups_keep_their_schedule() {
+    let _serial = SERIAL.lock().await;
     let hwm_before = vm_hwm_kib();
     let server = fake_with_app().await;
     // (group, fault, expected timattr_group_error_code)
@@ -324,7 +329,8 @@ async fn every_fault_shows_in_the_metrics_and_healthy_groups_keep_their_schedule
     }
 
     // The 50 MiB answers were refused unread: the peak RSS of this process (fake included)
-    // grew far less than one such body.
+    // grew far less than one such body. (tests/client.rs proves the cap byte for byte; this is
+    // the whole-process view, valid because the tests of this file run one at a time.)
     let grown_mib = (vm_hwm_kib() - hwm_before) / 1024;
     eprintln!("peak RSS grew {grown_mib} MiB during the fault matrix");
     assert!(
@@ -347,6 +353,7 @@ async fn every_fault_shows_in_the_metrics_and_healthy_groups_keep_their_schedule
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_answers_slow_the_app_down_and_it_recovers() {
+    let _serial = SERIAL.lock().await;
     let server = fake_with_app().await;
     let ids: Vec<String> = (0..18).map(|i| format!("@TGS#rl{i:02}")).collect();
     for g in &ids {
@@ -424,6 +431,7 @@ async fn rate_limit_answers_slow_the_app_down_and_it_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_usersig_is_renewed_with_one_retry_and_a_rotated_key_is_not_retried() {
+    let _serial = SERIAL.lock().await;
     let server = fake_with_app().await;
     for g in ["@TGS#ok", "@TGS#renew", "@TGS#expired"] {
         group(&server, g, &[("k", "v")]);
@@ -473,13 +481,15 @@ async fn expired_usersig_is_renewed_with_one_retry_and_a_rotated_key_is_not_retr
         counts.group(APP, "@TGS#renew") as i64,
         counts.group(APP, "@TGS#expired") as i64,
     );
-    // Same schedule: `expired` takes 2 requests a poll, `renew` 1.5 on average.
+    // Same schedule: `expired` takes 2 requests a poll, `renew` 1.5 to 2 (the fake answers
+    // 70001 to every second request of the group, and the retry can shift the alternation so
+    // that each later poll meets it), give or take a poll of phase difference.
     assert!(
         expired >= 2 * ok - 3 && expired <= 2 * ok + 3,
         "expired: {expired} requests for {ok} polls"
     );
     assert!(
-        renew * 2 >= 3 * ok - 4 && renew * 2 <= 3 * ok + 4,
+        renew * 2 >= 3 * ok - 4 && renew <= 2 * ok + 3,
         "renew: {renew} requests for {ok} polls"
     );
 
@@ -516,6 +526,7 @@ async fn expired_usersig_is_renewed_with_one_retry_and_a_rotated_key_is_not_retr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_restarting_on_the_same_port_is_survived() {
+    let _serial = SERIAL.lock().await;
     let server = fake_with_app().await;
     group(&server, "@TGS#a", &[("k", "v1")]);
     group(&server, "@TGS#b", &[("k", "v")]);
@@ -578,6 +589,7 @@ async fn the_api_restarting_on_the_same_port_is_survived() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_an_unsupported_type_is_a_per_group_error_and_stays_quiet() {
+    let _serial = SERIAL.lock().await;
     // 10007 (no permission / no attribute support) drops the series and is not retried.
     let server = fake_with_app().await;
     server
