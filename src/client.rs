@@ -118,6 +118,7 @@ pub enum AttrOutcome {
     /// `ErrorCode` 0: the attributes, sorted ascending bytewise by key, keys unique.
     Ok(Vec<(String, String)>),
     /// A valid answer with a non-zero `ErrorCode`; [`error_code::classify`] says what it means.
+    /// `info` (`ErrorInfo`) is already scrubbed of the UserSig and the key: safe to log.
     ApiError { code: i64, info: String },
     /// No valid answer.
     NoAnswer(FailureReason),

@@ -554,7 +554,8 @@ async fn poll(sdkappid: u64, client: &Client, store: &Store, group_id: &str) {
                 group_id,
                 error_code = code,
                 error_class = crate::error_code::classify(*code).as_str(),
-                error_info = %crate::secret::redact_usersig(info),
+                // Already scrubbed of the UserSig and key by the client.
+                error_info = %info,
                 "group poll failed"
             ),
             AttrOutcome::NoAnswer(reason) => warn!(
