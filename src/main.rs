@@ -181,7 +181,12 @@ fn real_main(flags: Flags) -> Result<(), Fatal> {
             }
         };
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One scheduler thread. Polling is I/O paced by the API quota (200 requests/s per app costs
+    // a few percent of a core), and with worker threads every request paid for cross-thread
+    // wake-ups (futex, context switches): ~25% of its CPU (issue 5, BENCHMARKS.md W1). The CPU-
+    // heavy work — rendering and compressing /metrics, bcrypt, the state file — runs on the
+    // blocking pool, so a scrape never holds up a poll.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Fatal::Other(format!("cannot start the runtime: {e}")))?;
