@@ -417,22 +417,32 @@ fn same_client(old: &AppConfig, new: &AppConfig) -> bool {
 }
 
 /// The daemon as the HTTP server sees it.
-struct Served(Arc<Daemon>);
+struct Served {
+    daemon: Arc<Daemon>,
+    /// The daemon's runtime: the server runs on a runtime of its own, and a reload must start
+    /// the apps' tasks here, on the poll thread.
+    runtime: tokio::runtime::Handle,
+}
 
 impl http::Service for Served {
     fn render_metrics(&self) -> Vec<u8> {
-        self.0
+        self.daemon
             .metrics
-            .render(&self.0.store, self.0.config().value_hashes)
+            .render(&self.daemon.store, self.daemon.config().value_hashes)
     }
 
     fn is_ready(&self) -> bool {
-        self.0.ready.load(Ordering::Acquire)
+        self.daemon.ready.load(Ordering::Acquire)
     }
 
     fn reload(&self) -> BoxFuture<'static, Result<(), String>> {
-        let daemon = Arc::clone(&self.0);
-        Box::pin(async move { daemon.reload().await })
+        let daemon = Arc::clone(&self.daemon);
+        let reload = self.runtime.spawn(async move { daemon.reload().await });
+        Box::pin(async move {
+            reload
+                .await
+                .unwrap_or_else(|e| Err(format!("the reload did not finish: {e}")))
+        })
     }
 }
 
@@ -661,9 +671,12 @@ pub async fn run(
     daemon.ready.store(true, Ordering::Release);
 
     let server = {
-        let service: Arc<dyn http::Service> = Arc::new(Served(Arc::clone(&daemon)));
+        let service: Arc<dyn http::Service> = Arc::new(Served {
+            daemon: Arc::clone(&daemon),
+            runtime: tokio::runtime::Handle::current(),
+        });
         let stop = trigger.subscribe().done();
-        tokio::spawn(http::serve(listener, options.server, service, stop))
+        http::serve_on_own_thread(listener, options.server, service, stop)?
     };
     let writer = {
         let daemon = Arc::clone(&daemon);
@@ -718,10 +731,7 @@ pub async fn run(
         let d = Arc::clone(&daemon);
         let _ = tokio::task::spawn_blocking(move || d.write_state()).await;
     }
-    match server.await {
-        Ok(result) => result,
-        Err(e) => Err(std::io::Error::other(e)),
-    }
+    server.await
 }
 
 #[cfg(test)]

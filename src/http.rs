@@ -99,6 +99,46 @@ struct Shared {
 
 type Body = Full<Bytes>;
 
+/// [`serve`] on a thread of its own, with its own single-threaded runtime; the returned future
+/// completes with `serve`'s result.
+///
+/// The daemon polls on one scheduler thread (see `main.rs`); were the server on it too, writing
+/// a large `/metrics` body, TLS handshakes or a burst of connections would delay the poll
+/// slots, and the rate limiter drops a slot it wakes up late for rather than bursting. Here
+/// nothing a scraper does reaches the poll thread: they share only the store's short,
+/// chunked locks.
+pub fn serve_on_own_thread(
+    listener: TcpListener,
+    options: ServerOptions,
+    service: Arc<dyn Service>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<impl Future<Output = io::Result<()>>> {
+    // A tokio socket belongs to the runtime that registered it: hand it over as a std one.
+    let listener = listener.into_std()?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("timattr-http".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|runtime| {
+                    let result = runtime.block_on(async move {
+                        serve(TcpListener::from_std(listener)?, options, service, shutdown).await
+                    });
+                    // A render still running on the blocking pool is not waited for.
+                    runtime.shutdown_background();
+                    result
+                });
+            let _ = done_tx.send(result);
+        })?;
+    Ok(async move {
+        done_rx
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("the HTTP server thread panicked")))
+    })
+}
+
 /// Serves until `shutdown` completes, then stops accepting, gives in-flight requests up to
 /// `shutdown_grace` and returns.
 pub async fn serve(
