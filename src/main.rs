@@ -185,7 +185,8 @@ fn real_main(flags: Flags) -> Result<(), Fatal> {
     // a few percent of a core), and with worker threads every request paid for cross-thread
     // wake-ups (futex, context switches): ~25% of its CPU (issue 5, BENCHMARKS.md W1). The CPU-
     // heavy work — rendering and compressing /metrics, bcrypt, the state file — runs on the
-    // blocking pool, so a scrape never holds up a poll.
+    // blocking pool, and the HTTP server on a thread of its own (`http::serve_on_own_thread`),
+    // so a scrape never holds up a poll.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
