@@ -10,8 +10,9 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 use timattr_exporter::client::parse_group_attr;
+use timattr_exporter::outcome::{ApiError, Attributes, FailureReason, Outcome};
 use timattr_exporter::secret::SecretKey;
-use timattr_exporter::state::{PollResult, Store, ValueHashes};
+use timattr_exporter::state::{Seeds, Store, ValueHashes};
 use timattr_exporter::usersig;
 
 const APP: u64 = 1_400_000_001;
@@ -41,10 +42,10 @@ fn answer_body() -> Vec<u8> {
 fn store_with(n: usize) -> Store {
     let store = Store::new();
     let ids: Vec<String> = (0..n).map(|i| format!("@TGS#bench{i}")).collect();
-    store.set_assigned(APP, &ids);
+    store.set_assigned(APP, &ids, Seeds::DropUnlisted);
     let a = attrs(0);
     for id in &ids {
-        store.apply(APP, id, PollResult::Attributes(&a), 1_700_000_000.0);
+        store.apply(APP, id, &ok(&a), 1_700_000_000.0);
     }
     store
 }
@@ -75,7 +76,7 @@ fn apply(c: &mut Criterion) {
             store.apply(
                 APP,
                 black_box("@TGS#bench4242"),
-                PollResult::Attributes(&same),
+                &ok(&same),
                 1_700_000_001.0,
             )
         })
@@ -89,7 +90,7 @@ fn apply(c: &mut Criterion) {
             store.apply(
                 APP,
                 black_box("@TGS#bench4243"),
-                PollResult::Attributes(attrs),
+                &ok(attrs),
                 1_700_000_001.0,
             )
         })
@@ -118,3 +119,15 @@ fn render(c: &mut Criterion) {
 
 criterion_group!(benches, usersig_generate, parse, apply, render);
 criterion_main!(benches);
+
+fn ok(attrs: &[(String, String)]) -> Outcome<Attributes> {
+    Outcome::Ok(attrs.to_vec())
+}
+
+fn api(code: i64) -> Outcome<Attributes> {
+    Outcome::Api(ApiError::from_code(code, "").expect("a non-zero code"))
+}
+
+fn no_answer() -> Outcome<Attributes> {
+    Outcome::NoAnswer(FailureReason::Timeout)
+}

@@ -1,12 +1,13 @@
 //! The Tencent Chat REST API client: one [`Client`] per app. It owns the calling convention
-//! (URL, query string, JSON body), the UserSig in use and its renewal, the per-app concurrency
-//! limit, the retry policy, the 1 MiB response cap, and the classification of every answer
-//! (SPEC "Behaviour"; `reference/tencent-chat-rest-api.md`).
+//! (URL, query string, JSON body), the UserSig in use and its renewal, the retry policy, the
+//! 1 MiB response cap, and the classification of every answer (SPEC "Behaviour";
+//! `reference/tencent-chat-rest-api.md`). Every call ends in an [`Outcome`].
 //!
-//! Every HTTP attempt, retries included, first takes an in-flight permit, then a rate-limit
-//! slot, and is reported to the [`ApiObserver`] when it ends. Nothing here logs a URL without
-//! passing it through [`redact_usersig`], and reqwest errors lose their URL before they are
-//! rendered.
+//! Every HTTP attempt, retries included, takes a slot of the app's [`RateLimiter`] (list calls:
+//! of its [`ListSlots`]) and is reported to the [`ApiObserver`] when it ends. Both limiters
+//! belong to the app's owner ([`crate::app`]), which keeps them across client rebuilds, and so
+//! does the concurrency limit. Nothing here logs a URL without passing it through
+//! [`redact_usersig`], and reqwest errors lose their URL before they are rendered.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,13 +15,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::error_code::{self, ErrorClass};
-use crate::observe::{Api, ApiObserver, AttemptResult, FailureReason};
-use crate::ratelimit::RateLimiter;
+use crate::observe::{Api, ApiObserver};
+use crate::outcome::{ApiError, Attributes, FailureReason, Outcome};
+use crate::ratelimit::{ListSlots, RateLimiter, Slot};
 use crate::secret::{SecretKey, UserSig, redact_usersig};
+use crate::shutdown::Shutdown;
 use crate::usersig;
 
 /// Responses larger than this are rejected as `invalid_response` without being read into
@@ -30,13 +32,6 @@ pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 /// `Limit` of each `get_appid_group_list` page: the API's maximum.
 pub const LIST_PAGE_LIMIT: u32 = 10_000;
-
-/// Tencent allows 1 `get_appid_group_list` call a second per app; list calls have their own
-/// limiter and do not count against `rate_limit` (SPEC "Discovery"). They are rare (a few
-/// pages per refresh), so they get a generous ~10% headroom on top of the limiter's margin: the
-/// first page usually opens a connection and the next reuses it, which alone brings two calls
-/// tens of milliseconds closer together at the server than they left the client.
-const LIST_CALLS_PER_SECOND: f64 = 0.9;
 
 /// After a rate-limit answer (class L) the app's limiter runs at half speed for 30 s: long
 /// enough to drain Tencent's per-second counters several times over, short enough that one
@@ -53,9 +48,8 @@ const USERSIG_RENEW_DENOMINATOR: u64 = 10;
 const MAX_LIST_PAGES: usize = 100_000;
 
 /// Rate-limit answers in a row to one `get_appid_group_list` page before the listing gives up.
-/// Shards list the same app and share its 1 list call a second, so replicas started together
-/// collide: without a retry, every shard but one failed its first discovery and polled none of
-/// its discovered groups until the next refresh (10 minutes by default).
+/// This app's replicas list in slots of their own ([`ListSlots`]), so such an answer means some
+/// other client of the app listed at the same time; the page is asked again at the next slot.
 const LIST_RATE_LIMITED_RETRIES: u32 = 5;
 
 /// How transient failures are retried within one poll.
@@ -112,26 +106,10 @@ pub struct ClientSettings {
     pub retry: RetryPolicy,
 }
 
-/// The result of one `get_group_attr` call, retries done.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AttrOutcome {
-    /// `ErrorCode` 0: the attributes, sorted ascending bytewise by key, keys unique.
-    Ok(Vec<(String, String)>),
-    /// A valid answer with a non-zero `ErrorCode`; [`error_code::classify`] says what it means.
-    /// `info` (`ErrorInfo`) is already scrubbed of the UserSig and the key: safe to log.
-    ApiError { code: i64, info: String },
-    /// No valid answer.
-    NoAnswer(FailureReason),
-}
-
-/// Why `get_appid_group_list` could not list every group.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ListError {
-    #[error("get_appid_group_list answered ErrorCode {code}: {info}")]
-    ApiError { code: i64, info: String },
-    #[error("get_appid_group_list got no valid answer: {}", .0.as_str())]
-    NoAnswer(FailureReason),
-}
+/// A call ended without an outcome: the exporter is stopping and no further request was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the exporter is stopping")]
+pub struct Stopped;
 
 /// Why a [`Client`] could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -142,12 +120,9 @@ pub enum ClientError {
     Http(String),
 }
 
-/// A parsed answer of the API: success with its payload, or a non-zero `ErrorCode`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer<T> {
-    Ok(T),
-    ApiError { code: i64, info: String },
-}
+/// A decoded answer: its payload or its non-zero `ErrorCode`; or, when the body is not a valid
+/// API answer at all, why not (`invalid_response`, the detail only for debug logs).
+pub type Parsed<T> = Result<Result<T, ApiError>, InvalidResponse>;
 
 /// The body was not a valid API answer (`invalid_response`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -167,15 +142,16 @@ struct Envelope {
 }
 
 /// Decodes the common envelope; `Ok(None)` means `ErrorCode` 0.
-fn parse_envelope(body: &[u8]) -> Result<Option<(i64, String)>, InvalidResponse> {
+fn parse_envelope(body: &[u8]) -> Result<Option<ApiError>, InvalidResponse> {
     let env: Envelope =
         serde_json::from_slice(body).map_err(|_| InvalidResponse("not a JSON API answer"))?;
     let code = env.error_code.ok_or(InvalidResponse("no ErrorCode"))?;
     match (env.action_status.as_deref(), code) {
         (Some("OK") | None, 0) => Ok(None),
-        (Some("FAIL") | None, code) if code != 0 => {
-            Ok(Some((code, env.error_info.unwrap_or_default())))
-        }
+        (Some("FAIL") | None, code) if code != 0 => Ok(ApiError::from_code(
+            code,
+            env.error_info.unwrap_or_default(),
+        )),
         (Some("OK"), _) => Err(InvalidResponse("ActionStatus OK with a non-zero ErrorCode")),
         (Some("FAIL"), _) => Err(InvalidResponse("ActionStatus FAIL with ErrorCode 0")),
         _ => Err(InvalidResponse("unknown ActionStatus")),
@@ -197,9 +173,9 @@ struct AttrEntry {
 /// Parses a `get_group_attr` answer: attributes sorted bytewise by key. Duplicate keys,
 /// non-string keys or values, and an envelope that contradicts itself are invalid; a missing,
 /// null or empty `GroupAttrAry` is a group without attributes.
-pub fn parse_group_attr(body: &[u8]) -> Result<Answer<Vec<(String, String)>>, InvalidResponse> {
-    if let Some((code, info)) = parse_envelope(body)? {
-        return Ok(Answer::ApiError { code, info });
+pub fn parse_group_attr(body: &[u8]) -> Parsed<Attributes> {
+    if let Some(e) = parse_envelope(body)? {
+        return Ok(Err(e));
     }
     let payload: GroupAttrPayload = serde_json::from_slice(body)
         .map_err(|_| InvalidResponse("GroupAttrAry is not a list of string key/value pairs"))?;
@@ -213,7 +189,7 @@ pub fn parse_group_attr(body: &[u8]) -> Result<Answer<Vec<(String, String)>>, In
     if attrs.windows(2).any(|w| w[0].0 == w[1].0) {
         return Err(InvalidResponse("duplicate key in GroupAttrAry"));
     }
-    Ok(Answer::Ok(attrs))
+    Ok(Ok(attrs))
 }
 
 #[derive(Deserialize)]
@@ -232,9 +208,9 @@ struct ListEntry {
 
 /// One page of `get_appid_group_list`: its group IDs and `Next` (0 when done; absent is
 /// read as done too, since there is nothing to continue from).
-pub fn parse_group_list(body: &[u8]) -> Result<Answer<(Vec<String>, u64)>, InvalidResponse> {
-    if let Some((code, info)) = parse_envelope(body)? {
-        return Ok(Answer::ApiError { code, info });
+pub fn parse_group_list(body: &[u8]) -> Parsed<(Vec<String>, u64)> {
+    if let Some(e) = parse_envelope(body)? {
+        return Ok(Err(e));
     }
     let payload: ListPayload = serde_json::from_slice(body)
         .map_err(|_| InvalidResponse("GroupIdList or Next malformed"))?;
@@ -244,7 +220,7 @@ pub fn parse_group_list(body: &[u8]) -> Result<Answer<(Vec<String>, u64)>, Inval
         .into_iter()
         .map(|e| e.group_id)
         .collect();
-    Ok(Answer::Ok((ids, payload.next.unwrap_or(0))))
+    Ok(Ok((ids, payload.next.unwrap_or(0))))
 }
 
 /// A failed attempt: its reason, and the HTTP status when that was the reason.
@@ -364,8 +340,9 @@ pub struct Client {
     timeout: Duration,
     retry: RetryPolicy,
     limiter: Arc<RateLimiter>,
-    list_limiter: RateLimiter,
-    in_flight: Semaphore,
+    list_slots: Arc<ListSlots>,
+    /// Once fired, no further attempt is sent (SPEC "Shutdown": retries included).
+    stop: Option<Shutdown>,
     observer: Arc<dyn ApiObserver>,
     clock: WallClock,
     rng: Mutex<StdRng>,
@@ -433,13 +410,29 @@ impl Client {
             timeout: settings.timeout,
             retry: settings.retry,
             limiter,
-            list_limiter: RateLimiter::new(LIST_CALLS_PER_SECOND),
-            in_flight: Semaphore::new(max_concurrency),
+            list_slots: Arc::new(ListSlots::new(
+                crate::shard::Shard::default(),
+                crate::schedule::Anchor::now(),
+            )),
+            stop: None,
             observer,
             clock: Arc::new(system_clock),
             rng: Mutex::new(StdRng::from_entropy()),
             usersig: Mutex::new(None),
         })
+    }
+
+    /// Shares the app's list slots (kept by the app's owner across client rebuilds) instead of
+    /// slots of this client's own for one replica.
+    pub fn with_list_slots(mut self, slots: Arc<ListSlots>) -> Self {
+        self.list_slots = slots;
+        self
+    }
+
+    /// Once `stop` fires, calls send no further attempt and end with [`Stopped`].
+    pub fn with_stop(mut self, stop: Shutdown) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     /// Replaces the wall clock (Unix seconds) used for UserSig `TLS.time` and renewal.
@@ -459,83 +452,73 @@ impl Client {
         self.lock_usersig().as_ref().map(CachedSig::expires_at)
     }
 
-    /// Polls one group's custom attributes, retrying as the retry policy says.
-    pub async fn get_group_attr(&self, group_id: &str) -> AttrOutcome {
+    /// Polls one group's custom attributes, retrying as the retry policy says. `first` is a
+    /// slot of this client's rate limiter already taken for the first attempt (the app's owner
+    /// takes it, so that it alone decides which group goes next); without one, the first
+    /// attempt waits for a slot like every retry.
+    pub async fn get_group_attr(
+        &self,
+        group_id: &str,
+        first: Option<Slot>,
+    ) -> Result<Outcome<Attributes>, Stopped> {
         let body = serde_json::json!({ "GroupId": group_id });
-        match self
-            .call(
-                Api::GetGroupAttr,
-                &body,
-                &self.limiter,
-                Some(group_id),
-                parse_group_attr,
-            )
-            .await
-        {
-            Ok(attrs) => AttrOutcome::Ok(attrs),
-            Err(ListError::ApiError { code, info }) => AttrOutcome::ApiError { code, info },
-            Err(ListError::NoAnswer(reason)) => AttrOutcome::NoAnswer(reason),
-        }
+        self.call(
+            Api::GetGroupAttr,
+            &body,
+            Some(group_id),
+            parse_group_attr,
+            first,
+        )
+        .await
     }
 
-    /// Lists every group of the app (of one type, when given), page by page, at most one list
-    /// call a second (by this client's own limiter, not the shared `get_group_attr` quota).
+    /// Lists every group of the app (of one type, when given), page by page, one list call per
+    /// slot of the app's [`ListSlots`] (not the shared `get_group_attr` quota).
     pub async fn get_appid_group_list(
         &self,
         group_type: Option<&str>,
-    ) -> Result<Vec<String>, ListError> {
+    ) -> Result<Outcome<Vec<String>>, Stopped> {
         let mut groups = Vec::new();
         let mut next: u64 = 0;
         let mut limited: u32 = 0;
+        let mut cursors = std::collections::HashSet::new();
         for _ in 0..MAX_LIST_PAGES {
             let mut body = serde_json::json!({ "Limit": LIST_PAGE_LIMIT, "Next": next });
             if let Some(t) = group_type {
                 body["GroupType"] = serde_json::Value::from(t);
             }
             let listed = self
-                .call(
-                    Api::GetAppidGroupList,
-                    &body,
-                    &self.list_limiter,
-                    None,
-                    parse_group_list,
-                )
-                .await;
+                .call(Api::GetAppidGroupList, &body, None, parse_group_list, None)
+                .await?;
             let (ids, following) = match listed {
-                Ok(page) => {
+                Outcome::Ok(page) => {
                     limited = 0;
                     page
                 }
-                Err(ListError::ApiError { code, .. })
-                    if error_code::classify(code) == ErrorClass::RateLimited
+                // The same page again at the next list slot. Slots keep this app's replicas
+                // apart, so a rate-limit answer means another client of the app listed too.
+                Outcome::Api(e)
+                    if error_code::classify(e.code()) == ErrorClass::RateLimited
                         && limited < LIST_RATE_LIMITED_RETRIES =>
                 {
-                    // The same page again, once the list limiter (slowed down by `call`) allows,
-                    // after a random pause: replicas whose calls collided would otherwise keep
-                    // colliding in lockstep.
                     limited += 1;
-                    let pause = {
-                        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-                        Duration::from_secs_f64(rng.gen_range(0.0..1.0))
-                    };
-                    tokio::time::sleep(pause).await;
                     continue;
                 }
-                Err(e) => return Err(e),
+                other => return Ok(other.map(|_| Vec::new())),
             };
             groups.extend(ids);
             if following == 0 {
-                return Ok(groups);
+                return Ok(Outcome::Ok(groups));
             }
-            if following == next {
-                // The same cursor again would loop forever.
+            if !cursors.insert(following) {
+                // A cursor seen before (A → B → A) would page through the same groups forever.
                 tracing::warn!(
                     sdkappid = self.sdkappid,
                     api = Api::GetAppidGroupList.as_str(),
                     next = following,
-                    "get_appid_group_list returned the cursor it was given"
+                    "get_appid_group_list returned a cursor it had returned before"
                 );
-                return Err(ListError::NoAnswer(FailureReason::InvalidResponse));
+                return Ok(Outcome::NoAnswer(FailureReason::InvalidResponse));
             }
             next = following;
         }
@@ -545,34 +528,64 @@ impl Client {
             pages = MAX_LIST_PAGES,
             "get_appid_group_list did not finish; giving up"
         );
-        Err(ListError::NoAnswer(FailureReason::InvalidResponse))
+        Ok(Outcome::NoAnswer(FailureReason::InvalidResponse))
     }
 
-    /// One API call with its retries. (`ListError` doubles as the error of any call: an API
-    /// error or no answer.) Transient failures (timeouts, connection errors, 5xx,
+    /// Waits for the next slot of `api`'s limiter, unless the exporter stops first.
+    async fn wait_for_slot(&self, api: Api) -> Result<Slot, Stopped> {
+        let slot = async {
+            match api {
+                Api::GetGroupAttr => self.limiter.acquire().await,
+                Api::GetAppidGroupList => self.list_slots.acquire().await,
+            }
+        };
+        match self.stop.clone() {
+            None => Ok(slot.await),
+            Some(mut stop) => tokio::select! {
+                biased;
+                _ = stop.fired() => Err(Stopped),
+                slot = slot => Ok(slot),
+            },
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.as_ref().is_some_and(Shutdown::is_fired)
+    }
+
+    /// One API call with its retries. Transient failures (timeouts, connection errors, 5xx,
     /// class R codes) are retried up to `max_attempts` with jittered exponential backoff; a
-    /// rate-limit code slows `limiter` down and ends the call; 70001/70052 get a fresh UserSig
-    /// and exactly one more attempt; everything else ends the call at once.
+    /// rate-limit code slows the app's limiter down and ends the call; 70001/70052 get a fresh
+    /// UserSig and exactly one more attempt; everything else ends the call at once. Once the
+    /// client's stop signal fires no further attempt is sent: `Err(Stopped)`.
     async fn call<T>(
         &self,
         api: Api,
         body: &serde_json::Value,
-        limiter: &RateLimiter,
         group_id: Option<&str>,
-        parse: fn(&[u8]) -> Result<Answer<T>, InvalidResponse>,
-    ) -> Result<T, ListError> {
+        parse: fn(&[u8]) -> Parsed<T>,
+        mut first: Option<Slot>,
+    ) -> Result<Outcome<T>, Stopped> {
         let body = serde_json::to_vec(body).expect("a JSON value serializes");
         let group = group_id.unwrap_or("");
         let mut attempt: u32 = 0;
         let mut regenerated = false;
         loop {
             attempt += 1;
-            let (result, used_sig) = self.attempt(api, &body, limiter, parse).await;
+            match first.take() {
+                Some(_taken) if !self.stopped() => {}
+                Some(_) => return Err(Stopped),
+                None => {
+                    self.wait_for_slot(api).await?;
+                }
+            }
+            let (result, used_sig) = self.attempt(api, &body, parse).await;
             let failure = match result {
-                Ok(Answer::Ok(value)) => return Ok(value),
-                Ok(Answer::ApiError { code, info }) => {
+                Ok(Ok(value)) => return Ok(Outcome::Ok(value)),
+                Ok(Err(mut e)) => {
                     // `ErrorInfo` goes to logs and errors; a gateway may echo the request URL.
-                    let info = self.scrub(&info, &used_sig.sig);
+                    e.info = self.scrub(&e.info, &used_sig.sig);
+                    let code = e.code();
                     let class = error_code::classify(code);
                     if error_code::regenerates_usersig(code) && !regenerated {
                         regenerated = true;
@@ -588,14 +601,15 @@ impl Client {
                         continue;
                     }
                     let retry = class == ErrorClass::Transient;
-                    if class == ErrorClass::RateLimited {
-                        limiter.slow_down(RATE_LIMIT_SLOWDOWN_FACTOR, RATE_LIMIT_SLOWDOWN_FOR);
+                    if class == ErrorClass::RateLimited && api == Api::GetGroupAttr {
+                        self.limiter
+                            .slow_down(RATE_LIMIT_SLOWDOWN_FACTOR, RATE_LIMIT_SLOWDOWN_FOR);
                         tracing::warn!(
                             sdkappid = self.sdkappid,
                             group_id = group,
                             api = api.as_str(),
                             error_code = code,
-                            rate = limiter.rate(),
+                            rate = self.limiter.rate(),
                             "rate limited by the API; slowing this app down"
                         );
                     } else {
@@ -606,12 +620,12 @@ impl Client {
                             error_code = code,
                             class = class.as_str(),
                             attempt,
-                            error_info = %info,
+                            error_info = %e.info,
                             "API error"
                         );
                     }
                     if !(retry && attempt < self.retry.max_attempts) {
-                        return Err(ListError::ApiError { code, info });
+                        return Ok(Outcome::Api(e));
                     }
                     None
                 }
@@ -626,7 +640,7 @@ impl Client {
                         "request failed"
                     );
                     if !(failure.is_transient() && attempt < self.retry.max_attempts) {
-                        return Err(ListError::NoAnswer(failure.reason));
+                        return Ok(Outcome::NoAnswer(failure.reason));
                     }
                     Some(failure)
                 }
@@ -644,35 +658,26 @@ impl Client {
                 backoff_ms = backoff.as_millis() as u64,
                 "retrying"
             );
-            tokio::time::sleep(backoff).await;
+            match self.stop.clone() {
+                None => tokio::time::sleep(backoff).await,
+                Some(mut stop) => tokio::select! {
+                    biased;
+                    _ = stop.fired() => return Err(Stopped),
+                    _ = tokio::time::sleep(backoff) => {}
+                },
+            }
         }
     }
 
-    /// One HTTP attempt, reported to the observer. The in-flight permit is taken before the
-    /// rate-limit slot and held until the answer is read: were it taken after, a request could
-    /// sit on its slot waiting for a permit and then leave bunched up with later ones, breaking
-    /// the even spacing the server sees. It is released before any backoff.
-    ///
-    /// List calls take no permit: they wait over a second for their own slot and would hold a
-    /// `get_group_attr` permit all that time (with `max_concurrency: 1`, stalling polling); one
-    /// list call a second in flight next to the permits is harmless.
+    /// One HTTP attempt, its slot already taken, reported to the observer. The app's owner
+    /// bounds how many polls are in flight (`max_concurrency`); the client adds no gate of its
+    /// own.
     async fn attempt<T>(
         &self,
         api: Api,
         body: &[u8],
-        limiter: &RateLimiter,
-        parse: fn(&[u8]) -> Result<Answer<T>, InvalidResponse>,
-    ) -> (Result<Answer<T>, Failure>, Arc<Signed>) {
-        let _permit = match api {
-            Api::GetGroupAttr => Some(
-                self.in_flight
-                    .acquire()
-                    .await
-                    .expect("the semaphore is never closed"),
-            ),
-            Api::GetAppidGroupList => None,
-        };
-        limiter.acquire().await;
+        parse: fn(&[u8]) -> Parsed<T>,
+    ) -> (Result<Result<T, ApiError>, Failure>, Arc<Signed>) {
         let sig = self.current_usersig();
         let random: u32 = self.rng.lock().unwrap_or_else(|e| e.into_inner()).r#gen();
         let url = sig.url(api, random);
@@ -692,11 +697,11 @@ impl Client {
             Err(_elapsed) => Err(Failure::new(FailureReason::Timeout)),
         };
         let observed = match &result {
-            Ok(Answer::Ok(_)) => AttemptResult::Ok,
-            Ok(Answer::ApiError { code, .. }) => AttemptResult::ApiError(*code),
-            Err(f) => AttemptResult::Failed(f.reason),
+            Ok(Ok(_)) => Outcome::Ok(()),
+            Ok(Err(e)) => Outcome::Api(e.clone()),
+            Err(f) => Outcome::NoAnswer(f.reason),
         };
-        self.observer.on_attempt(api, started.elapsed(), observed);
+        self.observer.on_attempt(api, started.elapsed(), &observed);
         (result, sig)
     }
 
@@ -843,12 +848,10 @@ impl Client {
 mod tests {
     use super::*;
 
-    fn attrs(v: &[(&str, &str)]) -> Answer<Vec<(String, String)>> {
-        Answer::Ok(
-            v.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+    fn attrs(v: &[(&str, &str)]) -> Result<Attributes, ApiError> {
+        Ok(v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
     }
 
     #[test]
@@ -882,10 +885,7 @@ mod tests {
         let body = br#"{"ActionStatus":"FAIL","ErrorInfo":"group not found","ErrorCode":10010,"GroupAttrAry":"junk"}"#;
         assert_eq!(
             parse_group_attr(body).unwrap(),
-            Answer::ApiError {
-                code: 10010,
-                info: "group not found".into()
-            }
+            Err(ApiError::from_code(10010, "group not found").unwrap())
         );
     }
 
@@ -921,11 +921,11 @@ mod tests {
         let body = br#"{"ActionStatus":"OK","ErrorCode":0,"TotalCount":3,"GroupIdList":[{"GroupId":"@TGS#1"},{"GroupId":"g2","Type":"Public"}],"Next":18446744073709551615}"#;
         assert_eq!(
             parse_group_list(body).unwrap(),
-            Answer::Ok((vec!["@TGS#1".to_string(), "g2".to_string()], u64::MAX))
+            Ok((vec!["@TGS#1".to_string(), "g2".to_string()], u64::MAX))
         );
         assert_eq!(
             parse_group_list(br#"{"ActionStatus":"OK","ErrorCode":0}"#).unwrap(),
-            Answer::Ok((vec![], 0))
+            Ok((vec![], 0))
         );
         assert!(parse_group_list(br#"{"ActionStatus":"OK","ErrorCode":0,"Next":-1}"#).is_err());
     }
@@ -948,7 +948,7 @@ mod tests {
         assert!(policy.backoff(u32::MAX, &mut rng) <= policy.max_backoff);
     }
 
-    /// The list limiter on the paused clock (the socket-level check is in tests/client.rs).
+    /// The list slots on the paused clock (the socket-level check is in tests/client.rs).
     #[tokio::test(start_paused = true)]
     async fn list_calls_are_more_than_a_second_apart() {
         let client = Client::new(
@@ -968,11 +968,11 @@ mod tests {
         .unwrap();
         let mut last: Option<Instant> = None;
         for _ in 0..5 {
-            client.list_limiter.acquire().await;
+            client.list_slots.acquire().await;
             let now = Instant::now();
             if let Some(prev) = last {
                 assert!(
-                    now - prev >= Duration::from_millis(1100),
+                    now - prev >= crate::ratelimit::LIST_SLOT - Duration::from_millis(1),
                     "{:?}",
                     now - prev
                 );
@@ -996,7 +996,7 @@ mod tests {
             // Wrapped in a plausible envelope, so the payload parsers are reached too.
             let wrapped = serde_json::json!({"ActionStatus":"OK","ErrorCode":0,"GroupAttrAry":value.clone(),"GroupIdList":value,"Next":1});
             let body = serde_json::to_vec(&wrapped).unwrap();
-            if let Ok(Answer::Ok(attrs)) = parse_group_attr(&body) {
+            if let Ok(Ok(attrs)) = parse_group_attr(&body) {
                 proptest::prop_assert!(attrs.windows(2).all(|w| w[0].0 < w[1].0));
             }
             let _ = parse_group_list(&body);

@@ -22,15 +22,16 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::client::{AttrOutcome, Client, ClientSettings, RetryPolicy};
+use crate::client::{Client, ClientSettings, RetryPolicy};
 use crate::config::{self, AppConfig, Config};
 use crate::http::{self, ServerOptions};
 use crate::metrics::Metrics;
+use crate::outcome::Outcome;
 use crate::ratelimit::RateLimiter;
 use crate::schedule::{Anchor, GroupSpec, Scheduler};
 use crate::shard::Shard;
 use crate::shutdown::{self, Shutdown, Trigger};
-use crate::state::{self, PollResult, Store};
+use crate::state::{self, Seeds, Store};
 
 /// How often the state file is written when the state changed (SPEC: every 30 s).
 pub const STATE_WRITE_INTERVAL: Duration = Duration::from_secs(30);
@@ -157,7 +158,8 @@ impl GroupSets {
             all
         };
         let ids: Vec<String> = merged.iter().map(|g| g.id.to_string()).collect();
-        self.store.set_assigned(self.sdkappid, &ids);
+        self.store
+            .set_assigned(self.sdkappid, &ids, Seeds::DropUnlisted);
         self.tx.send_replace(Arc::new(merged));
     }
 }
@@ -529,14 +531,12 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 async fn poll(sdkappid: u64, client: &Client, store: &Store, group_id: &str) {
-    let outcome = client.get_group_attr(group_id).await;
-    let (result, code) = match &outcome {
-        AttrOutcome::Ok(attrs) => (PollResult::Attributes(attrs), 0),
-        AttrOutcome::ApiError { code, .. } => (PollResult::ApiError(*code), *code),
-        AttrOutcome::NoAnswer(_) => (PollResult::NoAnswer, -1),
+    let Ok(outcome) = client.get_group_attr(group_id, None).await else {
+        return;
     };
+    let code = outcome.error_code();
     let before = store.error_code(sdkappid, group_id);
-    if let Some(changes) = store.apply(sdkappid, group_id, result, unix_now()) {
+    if let Some(changes) = store.apply(sdkappid, group_id, &outcome, unix_now()) {
         info!(
             sdkappid,
             group_id,
@@ -550,7 +550,7 @@ async fn poll(sdkappid: u64, client: &Client, store: &Store, group_id: &str) {
     // flood the log, but the moment it went away must be in it.
     if before != Some(code) {
         match &outcome {
-            AttrOutcome::Ok(_) if before.is_some() => {
+            Outcome::Ok(_) if before.is_some() => {
                 info!(
                     sdkappid,
                     group_id,
@@ -558,17 +558,17 @@ async fn poll(sdkappid: u64, client: &Client, store: &Store, group_id: &str) {
                     "group readable again"
                 )
             }
-            AttrOutcome::Ok(_) => {}
-            AttrOutcome::ApiError { code, info } => warn!(
+            Outcome::Ok(_) => {}
+            Outcome::Api(e) => warn!(
                 sdkappid,
                 group_id,
-                error_code = code,
-                error_class = crate::error_code::classify(*code).as_str(),
+                error_code = e.code(),
+                error_class = crate::error_code::classify(e.code()).as_str(),
                 // Already scrubbed of the UserSig and key by the client.
-                error_info = %info,
+                error_info = %e.info,
                 "group poll failed"
             ),
-            AttrOutcome::NoAnswer(reason) => warn!(
+            Outcome::NoAnswer(reason) => warn!(
                 sdkappid,
                 group_id,
                 reason = reason.as_str(),
@@ -576,7 +576,7 @@ async fn poll(sdkappid: u64, client: &Client, store: &Store, group_id: &str) {
             ),
         }
     }
-    if let AttrOutcome::Ok(attrs) = &outcome {
+    if let Outcome::Ok(attrs) = &outcome {
         debug!(sdkappid, group_id, attributes = attrs.len(), "polled");
     }
 }
@@ -604,8 +604,9 @@ async fn discover_loop(
             tokio::select! {
                 _ = stop.fired() => return,
                 listed = client.get_appid_group_list(t) => match listed {
-                    Ok(ids) => found.extend(ids),
-                    Err(e) => {
+                    Err(_) => return,
+                    Ok(Outcome::Ok(ids)) => found.extend(ids),
+                    Ok(e) => {
                         warn!(sdkappid, group_type = t.unwrap_or("all"), error = %e, "group discovery failed; keeping the last list");
                         failed = true;
                         break;

@@ -22,6 +22,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod observe;
+pub mod outcome;
 pub mod ratelimit;
 pub mod region;
 pub mod schedule;

@@ -16,7 +16,8 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::observe::{Api, ApiObserver, AttemptResult, FailureReason};
+use crate::observe::{Api, ApiObserver};
+use crate::outcome::{FailureReason, Outcome};
 use crate::state::{Store, ValueHashes};
 
 /// A metric family: `(name, type, HELP text)`.
@@ -425,13 +426,14 @@ fn reason_index(reason: FailureReason) -> usize {
 }
 
 impl ApiObserver for AppObserver {
-    fn on_attempt(&self, api: Api, duration: Duration, result: AttemptResult) {
+    fn on_attempt(&self, api: Api, duration: Duration, ended: &Outcome<()>) {
         let i = api_index(api);
         self.requests[i].inc();
         self.durations[i].observe(duration.as_secs_f64());
-        match result {
-            AttemptResult::Ok => {}
-            AttemptResult::ApiError(code) => {
+        match ended {
+            Outcome::Ok(()) => {}
+            Outcome::Api(e) => {
+                let code = e.code();
                 let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
                 if live.removed {
                     return;
@@ -441,7 +443,7 @@ impl ApiObserver for AppObserver {
                     .with_label_values(&[&self.sdkappid, api.as_str(), &code.to_string()])
                     .inc();
             }
-            AttemptResult::Failed(reason) => self.failures[i][reason_index(reason)].inc(),
+            Outcome::NoAnswer(reason) => self.failures[i][reason_index(*reason)].inc(),
         }
     }
 
@@ -460,6 +462,7 @@ impl ApiObserver for AppObserver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::ApiError;
     use std::collections::HashSet;
 
     fn metrics() -> Metrics {
@@ -552,17 +555,17 @@ mod tests {
         obs.on_attempt(
             Api::GetGroupAttr,
             Duration::from_millis(30),
-            AttemptResult::Ok,
+            &Outcome::Ok(()),
         );
         obs.on_attempt(
             Api::GetGroupAttr,
             Duration::from_millis(30),
-            AttemptResult::ApiError(10010),
+            &Outcome::Api(ApiError::from_code(10010, "").unwrap()),
         );
         obs.on_attempt(
             Api::GetAppidGroupList,
             Duration::from_secs(5),
-            AttemptResult::Failed(FailureReason::Timeout),
+            &Outcome::NoAnswer(FailureReason::Timeout),
         );
         obs.on_usersig(1_700_086_400);
         // A reload asks again: same counters.
@@ -570,7 +573,7 @@ mod tests {
         again.on_attempt(
             Api::GetGroupAttr,
             Duration::from_millis(30),
-            AttemptResult::ApiError(10010),
+            &Outcome::Api(ApiError::from_code(10010, "").unwrap()),
         );
         m.set_poll_lag(7, 0.5);
         let t = text(&m);
@@ -623,7 +626,7 @@ mod tests {
         old.on_attempt(
             Api::GetGroupAttr,
             Duration::from_millis(1),
-            AttemptResult::ApiError(70001),
+            &Outcome::Api(ApiError::from_code(70001, "").unwrap()),
         );
         old.on_usersig(5);
         m.set_poll_lag(7, 1.0);
@@ -632,7 +635,7 @@ mod tests {
         old.on_attempt(
             Api::GetGroupAttr,
             Duration::from_millis(1),
-            AttemptResult::ApiError(70002),
+            &Outcome::Api(ApiError::from_code(70002, "").unwrap()),
         );
         old.on_usersig(6);
         let t = text(&m);

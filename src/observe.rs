@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use crate::outcome::Outcome;
+
 /// The upstream calls the exporter makes; the `api` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Api {
@@ -31,47 +33,9 @@ impl Api {
     }
 }
 
-/// Why a request got no valid API answer; the `reason` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum FailureReason {
-    Timeout,
-    Connect,
-    HttpStatus,
-    InvalidResponse,
-}
-
-impl FailureReason {
-    pub const ALL: [FailureReason; 4] = [
-        FailureReason::Timeout,
-        FailureReason::Connect,
-        FailureReason::HttpStatus,
-        FailureReason::InvalidResponse,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureReason::Timeout => "timeout",
-            FailureReason::Connect => "connect",
-            FailureReason::HttpStatus => "http_status",
-            FailureReason::InvalidResponse => "invalid_response",
-        }
-    }
-}
-
-/// How one HTTP attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptResult {
-    /// `ErrorCode` 0.
-    Ok,
-    /// A valid API answer with a non-zero `ErrorCode`.
-    ApiError(i64),
-    /// No valid API answer.
-    Failed(FailureReason),
-}
-
 /// Receives one call per HTTP attempt (retries included), after it ends.
 pub trait ApiObserver: Send + Sync + 'static {
-    fn on_attempt(&self, api: Api, duration: Duration, result: AttemptResult);
+    fn on_attempt(&self, api: Api, duration: Duration, ended: &Outcome<()>);
     /// The UserSig in use changed; `expires_at` is `TLS.time + TLS.expire` in Unix seconds.
     fn on_usersig(&self, expires_at: u64);
 }
@@ -81,6 +45,6 @@ pub trait ApiObserver: Send + Sync + 'static {
 pub struct NoopObserver;
 
 impl ApiObserver for NoopObserver {
-    fn on_attempt(&self, _: Api, _: Duration, _: AttemptResult) {}
+    fn on_attempt(&self, _: Api, _: Duration, _: &Outcome<()>) {}
     fn on_usersig(&self, _: u64) {}
 }

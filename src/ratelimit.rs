@@ -38,6 +38,10 @@ pub const LATE_TOLERANCE: Duration = Duration::from_millis(3);
 /// rejects such values first; this only keeps the arithmetic finite.
 const MIN_RATE: f64 = 0.001;
 
+/// A slot handed out by a limiter: the right to send one request now.
+#[derive(Debug)]
+pub struct Slot(());
+
 /// An evenly spacing rate limiter. `Send + Sync`; share it through `Arc`.
 #[derive(Debug)]
 pub struct RateLimiter {
@@ -95,31 +99,27 @@ impl RateLimiter {
     }
 
     /// Waits for the next free slot. Callers are served in the order they arrive, one spacing
-    /// apart. A caller dropped while waiting hands its turn to the next one.
-    pub async fn acquire(&self) {
+    /// apart. Cancel-safe: a slot is taken only when it is handed out, so a caller dropped
+    /// while waiting (the app's owner turning to a reload) costs no slot and hands its turn on.
+    pub async fn acquire(&self) -> Slot {
         let _turn = self.turn.lock().await;
-        let slot = self.reserve();
-        // A slot already due goes at once: even an elapsed `sleep_until` waits for the timer
-        // driver's next millisecond tick.
-        if slot > Instant::now() {
-            tokio::time::sleep_until(slot).await;
-        }
-        let woke = Instant::now();
-        if woke > slot + LATE_TOLERANCE {
-            let mut inner = self.lock();
-            let rebased = woke + inner.spacing_at(woke);
-            if inner.next.is_none_or(|next| next < rebased) {
-                inner.next = Some(rebased);
+        loop {
+            // Re-read after every wake: a slow-down or a rate change may have moved the slot.
+            if let Some(slot) = self.take_if_due(Instant::now()) {
+                return slot;
             }
+            let at = self.lock().next.expect("a slot in the future was seen");
+            tokio::time::sleep_until(at).await;
         }
     }
 
-    fn reserve(&self) -> Instant {
+    /// Takes the slot when it is due at `now`; `None` when it lies in the future.
+    fn take_if_due(&self, now: Instant) -> Option<Slot> {
         let mut inner = self.lock();
-        let now = Instant::now();
         // A grid slot passed by less than the tolerance is still taken (the timer woke the
-        // previous caller a little late); past that, idle time is not banked.
+        // caller a little late); past that, idle time is not banked and the grid re-bases.
         let slot = match inner.next {
+            Some(next) if next > now => return None,
             Some(next) if next + LATE_TOLERANCE >= now => next,
             _ => now,
         };
@@ -130,7 +130,7 @@ impl RateLimiter {
         {
             inner.slowed = None;
         }
-        slot
+        Some(Slot(()))
     }
 
     /// Changes the rate (on reload). Slots already handed out keep their times; the next one
@@ -168,6 +168,64 @@ impl RateLimiter {
     pub fn spacing(&self) -> Duration {
         let inner = self.lock();
         inner.spacing_at(Instant::now())
+    }
+}
+
+/// The slot grid of list calls: [`LIST_SLOT`] apart on the wall clock.
+pub const LIST_SLOT: Duration = Duration::from_millis(1100);
+
+/// How late a list call may still leave in its slot; later, it waits for its next slot.
+pub const LIST_SLOT_GRACE: Duration = Duration::from_millis(50);
+
+/// When this replica may call `get_appid_group_list`: Tencent allows 1 call a second per app,
+/// counted across every replica (SPEC "Discovery").
+///
+/// The wall clock is cut into slots [`LIST_SLOT`] apart, and shard `k` of `N` lists only in
+/// slots whose number is `k` modulo `N`, within [`LIST_SLOT_GRACE`] of the slot's start. So any
+/// two list calls of the app, from one replica or from two, leave at least
+/// `LIST_SLOT - LIST_SLOT_GRACE` (1.05 s) apart, as long as the replicas' clocks agree within
+/// those 50 ms (NTP keeps them within a few). Each replica lists once per `N` slots: one page of
+/// 10,000 groups every 3.3 s with 3 shards.
+///
+/// Written here rather than with a generic limiter because the slots belong to the wall clock
+/// shared by every replica, not to one process's request history.
+#[derive(Debug)]
+pub struct ListSlots {
+    shard: crate::shard::Shard,
+    anchor: crate::schedule::Anchor,
+    /// The slot last handed out, and the caller waiting for the next one.
+    last: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl ListSlots {
+    pub fn new(shard: crate::shard::Shard, anchor: crate::schedule::Anchor) -> ListSlots {
+        ListSlots {
+            shard,
+            anchor,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Waits for this replica's next list slot. Cancel-safe: a slot is used only when handed out.
+    pub async fn acquire(&self) -> Slot {
+        let mut last = self.last.lock().await;
+        let total = self.shard.total.max(1);
+        let cycle = LIST_SLOT * total;
+        let phase = LIST_SLOT * self.shard.ordinal.min(total - 1);
+        loop {
+            let now = Instant::now();
+            // A slot that began less than the grace ago still counts; one already used does not.
+            let mut from = now.checked_sub(LIST_SLOT_GRACE).unwrap_or(now);
+            if let Some(used) = *last {
+                from = from.max(used + cycle / 2);
+            }
+            let slot = self.anchor.next_slot(from, cycle, phase);
+            if slot <= now {
+                *last = Some(slot);
+                return Slot(());
+            }
+            tokio::time::sleep_until(slot).await;
+        }
     }
 }
 

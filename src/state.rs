@@ -36,6 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error_code::{ErrorClass, classify};
 use crate::metrics;
+use crate::outcome::{Attributes, Outcome};
 
 /// Which value hashes `/metrics` carries (`value_hashes` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -87,17 +88,13 @@ fn set_hash_sorted(attrs: &[(&str, &str)]) -> u64 {
     digest48(hasher.finalize().as_slice())
 }
 
-/// How one poll of one group ended, as the daemon hands it to [`Store::apply`].
-#[derive(Debug, Clone, Copy)]
-pub enum PollResult<'a> {
-    /// `ErrorCode` 0 and these attributes (sorted by key and unique; both are enforced again
-    /// here: a duplicate key keeps its last value).
-    Attributes(&'a [(String, String)]),
-    /// A valid API answer with this non-zero `ErrorCode`. `ApiError(0)` is taken as a success
-    /// without attributes.
-    ApiError(i64),
-    /// No valid API answer (timeout, connection, HTTP status, undecodable body).
-    NoAnswer,
+/// Whether [`Store::set_assigned`] drops the state-file snapshots of groups it does not list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seeds {
+    /// The list is complete (configured groups, and discovered ones once discovery answered).
+    DropUnlisted,
+    /// The list may still grow (discovery has not answered): keep every snapshot.
+    Keep,
 }
 
 /// The keys that changed between two consecutive successful polls of a group, returned by
@@ -305,12 +302,19 @@ impl Store {
     /// Sets the groups this instance polls for one app (configured and discovered, in its shard).
     /// Groups no longer listed lose all state and series; new ones are added (counted by
     /// `timattr_groups`) with no series until their first poll; groups that stay keep everything.
-    pub fn set_assigned(&self, sdkappid: u64, group_ids: &[String]) {
+    /// State-file snapshots of groups not listed are dropped only with [`Seeds::DropUnlisted`]:
+    /// while an app's discovery has not answered yet, its list is incomplete.
+    pub fn set_assigned<I, S>(&self, sdkappid: u64, group_ids: I, seeds: Seeds)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
         let app = {
             let mut apps = self.apps.write().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(apps.entry(sdkappid).or_default())
         };
-        let wanted: HashSet<&str> = group_ids.iter().map(String::as_str).collect();
+        let listed: Vec<S> = group_ids.into_iter().collect();
+        let wanted: HashSet<&str> = listed.iter().map(AsRef::as_ref).collect();
         let mut dropped_snapshot = false;
         {
             let mut groups = lock(&app.groups);
@@ -325,8 +329,8 @@ impl Store {
                 }
             }
         }
-        let mut seeds = lock(&self.seeds);
-        if let Some(app_seeds) = seeds.get_mut(&sdkappid) {
+        let mut all_seeds = lock(&self.seeds);
+        if let (Seeds::DropUnlisted, Some(app_seeds)) = (seeds, all_seeds.get_mut(&sdkappid)) {
             let before = app_seeds.len();
             app_seeds.retain(|id, _| wanted.contains(&**id));
             dropped_snapshot |= app_seeds.len() != before;
@@ -356,16 +360,14 @@ impl Store {
         &self,
         sdkappid: u64,
         group_id: &str,
-        result: PollResult<'_>,
+        outcome: &Outcome<Attributes>,
         now_unix: f64,
     ) -> Option<Changes> {
         let app = self.app(sdkappid)?;
-        match result {
-            PollResult::Attributes(attrs) => {
-                self.apply_success(&app, sdkappid, group_id, attrs, now_unix)
-            }
-            PollResult::ApiError(0) => self.apply_success(&app, sdkappid, group_id, &[], now_unix),
-            PollResult::ApiError(code) => {
+        match outcome {
+            Outcome::Ok(attrs) => self.apply_success(&app, sdkappid, group_id, attrs, now_unix),
+            Outcome::Api(e) => {
+                let code = e.code();
                 let gone = classify(code) == ErrorClass::PerGroup;
                 let mut had_snapshot = false;
                 {
@@ -389,7 +391,7 @@ impl Store {
                 }
                 None
             }
-            PollResult::NoAnswer => {
+            Outcome::NoAnswer(_) => {
                 let mut groups = lock(&app.groups);
                 groups.get_mut(group_id)?.error_code = Some(-1);
                 None
@@ -1049,8 +1051,21 @@ fn remove_dead_writers_temp_files(dir: &Path, name: &std::ffi::OsStr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::{ApiError, FailureReason};
     use proptest::prelude::*;
     use std::process::{Command, Stdio};
+
+    fn ok(attrs: &[(String, String)]) -> Outcome<Attributes> {
+        Outcome::Ok(attrs.to_vec())
+    }
+
+    fn api(code: i64) -> Outcome<Attributes> {
+        Outcome::Api(ApiError::from_code(code, "").expect("a non-zero code"))
+    }
+
+    fn no_answer() -> Outcome<Attributes> {
+        Outcome::NoAnswer(FailureReason::Timeout)
+    }
 
     fn attrs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -1113,7 +1128,7 @@ mod tests {
     fn store_with(groups: &[&str]) -> Store {
         let store = Store::new();
         let ids: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
-        store.set_assigned(1, &ids);
+        store.set_assigned(1, &ids, Seeds::DropUnlisted);
         store
     }
 
@@ -1158,12 +1173,7 @@ mod tests {
     fn first_success_is_the_baseline_then_changes_are_counted() {
         let store = store_with(&["g"]);
         assert_eq!(
-            store.apply(
-                1,
-                "g",
-                PollResult::Attributes(&attrs(&[("a", "1"), ("b", "2")])),
-                100.0
-            ),
+            store.apply(1, "g", &ok(&attrs(&[("a", "1"), ("b", "2")])), 100.0),
             None
         );
         let s = series(&store, ValueHashes::PerKey);
@@ -1184,10 +1194,7 @@ mod tests {
 
         // Same set: nothing counted, last success moves.
         let same = attrs(&[("a", "1"), ("b", "2")]);
-        assert_eq!(
-            store.apply(1, "g", PollResult::Attributes(&same), 110.5),
-            None
-        );
+        assert_eq!(store.apply(1, "g", &ok(&same), 110.5), None);
         let s = series(&store, ValueHashes::PerKey);
         assert_eq!(changes(&s), [0, 0, 0]);
         assert_eq!(
@@ -1197,7 +1204,7 @@ mod tests {
 
         // Add c, remove a, modify b.
         let next = attrs(&[("b", "22"), ("c", "3")]);
-        let got = store.apply(1, "g", PollResult::Attributes(&next), 120.0);
+        let got = store.apply(1, "g", &ok(&next), 120.0);
         assert_eq!(
             got,
             Some(Changes {
@@ -1207,15 +1214,11 @@ mod tests {
             })
         );
         // Clear everything: two removed.
-        let got = store.apply(1, "g", PollResult::Attributes(&[]), 130.0);
+        let got = store.apply(1, "g", &ok(&[]), 130.0);
         assert_eq!(got.map(|c| c.removed.len()), Some(2));
         // Add three.
         let three = attrs(&[("x", "1"), ("y", "2"), ("z", "3")]);
-        assert!(
-            store
-                .apply(1, "g", PollResult::Attributes(&three), 140.0)
-                .is_some()
-        );
+        assert!(store.apply(1, "g", &ok(&three), 140.0).is_some());
         let s = series(&store, ValueHashes::PerKey);
         assert_eq!(changes(&s), [4, 3, 1]);
         assert_eq!(
@@ -1241,7 +1244,7 @@ mod tests {
     fn duplicate_or_unsorted_keys_are_normalised() {
         let store = store_with(&["g"]);
         let messy = attrs(&[("b", "old"), ("a", "1"), ("b", "2")]);
-        store.apply(1, "g", PollResult::Attributes(&messy), 1.0);
+        store.apply(1, "g", &ok(&messy), 1.0);
         let s = series(&store, ValueHashes::PerKey);
         assert_eq!(get(&s, "timattr_group_attributes", G).as_deref(), Some("2"));
         assert_eq!(
@@ -1269,8 +1272,8 @@ mod tests {
             Some("0")
         );
 
-        store.apply(1, "g", PollResult::NoAnswer, 1.0);
-        store.apply(1, "h", PollResult::ApiError(10002), 1.0);
+        store.apply(1, "g", &no_answer(), 1.0);
+        store.apply(1, "h", &api(10002), 1.0);
         let s = series(&store, ValueHashes::PerKey);
         assert_eq!(get(&s, "timattr_group_up", G).as_deref(), Some("0"));
         assert_eq!(
@@ -1299,10 +1302,10 @@ mod tests {
     #[test]
     fn gone_groups_lose_attribute_series_and_come_back_as_a_fresh_baseline() {
         let store = store_with(&["g"]);
-        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "1")])), 1.0);
-        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "2")])), 2.0);
+        store.apply(1, "g", &ok(&attrs(&[("a", "1")])), 1.0);
+        store.apply(1, "g", &ok(&attrs(&[("a", "2")])), 2.0);
         for code in [10007, 10010, 10015] {
-            store.apply(1, "g", PollResult::ApiError(code), 3.0);
+            store.apply(1, "g", &api(code), 3.0);
             let s = series(&store, ValueHashes::PerKey);
             assert_eq!(get(&s, "timattr_group_up", G).as_deref(), Some("0"));
             assert_eq!(
@@ -1315,7 +1318,7 @@ mod tests {
                 "{code}: {s:?}"
             );
             // Back: a fresh baseline, counters from 0, whatever the set now is.
-            let got = store.apply(1, "g", PollResult::Attributes(&attrs(&[("z", "9")])), 4.0);
+            let got = store.apply(1, "g", &ok(&attrs(&[("z", "9")])), 4.0);
             assert_eq!(got, None);
             let s = series(&store, ValueHashes::PerKey);
             assert_eq!(changes(&s), [0, 0, 0]);
@@ -1326,15 +1329,10 @@ mod tests {
     #[test]
     fn transient_failures_keep_attribute_series() {
         let store = store_with(&["g"]);
-        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "1")])), 1.0);
-        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "2")])), 2.0);
+        store.apply(1, "g", &ok(&attrs(&[("a", "1")])), 1.0);
+        store.apply(1, "g", &ok(&attrs(&[("a", "2")])), 2.0);
         let before = series(&store, ValueHashes::PerKey);
-        for result in [
-            PollResult::NoAnswer,
-            PollResult::ApiError(10002),
-            PollResult::ApiError(60007),
-            PollResult::ApiError(70001),
-        ] {
+        for result in [&no_answer(), &api(10002), &api(60007), &api(70001)] {
             store.apply(1, "g", result, 3.0);
             let s = series(&store, ValueHashes::PerKey);
             assert_eq!(get(&s, "timattr_group_up", G).as_deref(), Some("0"));
@@ -1348,32 +1346,22 @@ mod tests {
             }
         }
         // And the next success diffs against the last successful poll.
-        let got = store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "3")])), 4.0);
+        let got = store.apply(1, "g", &ok(&attrs(&[("a", "3")])), 4.0);
         assert_eq!(got.map(|c| c.modified), Some(vec!["a".to_string()]));
     }
 
     #[test]
     fn a_seeded_snapshot_is_diffed_once() {
         let old = store_with(&["g", "h"]);
-        old.apply(
-            1,
-            "g",
-            PollResult::Attributes(&attrs(&[("a", "1"), ("b", "2")])),
-            1.0,
-        );
-        old.apply(1, "h", PollResult::Attributes(&attrs(&[("k", "v")])), 1.0);
+        old.apply(1, "g", &ok(&attrs(&[("a", "1"), ("b", "2")])), 1.0);
+        old.apply(1, "h", &ok(&attrs(&[("k", "v")])), 1.0);
         let persisted = old.persisted();
 
         let store = Store::new();
         store.seed_from(persisted);
-        store.set_assigned(1, &["g".to_string(), "h".to_string()]);
+        store.set_assigned(1, &["g".to_string(), "h".to_string()], Seeds::DropUnlisted);
         // Changed while down: counted once at the first poll.
-        let got = store.apply(
-            1,
-            "g",
-            PollResult::Attributes(&attrs(&[("a", "1"), ("c", "3")])),
-            50.0,
-        );
+        let got = store.apply(1, "g", &ok(&attrs(&[("a", "1"), ("c", "3")])), 50.0);
         assert_eq!(
             got,
             Some(Changes {
@@ -1383,10 +1371,7 @@ mod tests {
             })
         );
         let same = attrs(&[("a", "1"), ("c", "3")]);
-        assert_eq!(
-            store.apply(1, "g", PollResult::Attributes(&same), 60.0),
-            None
-        );
+        assert_eq!(store.apply(1, "g", &ok(&same), 60.0), None);
         let s = series(&store, ValueHashes::PerKey);
         assert_eq!(changes(&s), [1, 1, 0]);
         assert_eq!(
@@ -1394,47 +1379,45 @@ mod tests {
             Some("50")
         );
         // Unchanged while down: nothing counted.
-        assert_eq!(
-            store.apply(1, "h", PollResult::Attributes(&attrs(&[("k", "v")])), 50.0),
-            None
-        );
+        assert_eq!(store.apply(1, "h", &ok(&attrs(&[("k", "v")])), 50.0), None);
     }
 
     #[test]
     fn a_seed_survives_failures_until_the_first_success_but_not_a_deletion() {
         let old = store_with(&["g"]);
-        old.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "1")])), 1.0);
+        old.apply(1, "g", &ok(&attrs(&[("a", "1")])), 1.0);
         let persisted = old.persisted();
 
         let store = store_with(&["g"]);
         store.seed_from(persisted.clone());
-        store.apply(1, "g", PollResult::NoAnswer, 2.0);
+        store.apply(1, "g", &no_answer(), 2.0);
         assert_eq!(
             store.persisted(),
             persisted,
             "a pending seed is written back"
         );
-        let got = store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "2")])), 3.0);
+        let got = store.apply(1, "g", &ok(&attrs(&[("a", "2")])), 3.0);
         assert!(got.is_some());
 
         let store = store_with(&["g"]);
         store.seed_from(persisted);
-        store.apply(1, "g", PollResult::ApiError(10010), 2.0);
+        store.apply(1, "g", &api(10010), 2.0);
         assert!(store.persisted().apps.is_empty());
-        assert_eq!(
-            store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "2")])), 3.0),
-            None
-        );
+        assert_eq!(store.apply(1, "g", &ok(&attrs(&[("a", "2")])), 3.0), None);
     }
 
     #[test]
     fn set_assigned_keeps_staying_groups_and_drops_the_others() {
         let store = store_with(&["g", "h"]);
-        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "1")])), 1.0);
-        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "2")])), 2.0);
-        store.apply(1, "h", PollResult::Attributes(&attrs(&[("a", "1")])), 1.0);
+        store.apply(1, "g", &ok(&attrs(&[("a", "1")])), 1.0);
+        store.apply(1, "g", &ok(&attrs(&[("a", "2")])), 2.0);
+        store.apply(1, "h", &ok(&attrs(&[("a", "1")])), 1.0);
         let gen_before = store.generation();
-        store.set_assigned(1, &["g".to_string(), "new".to_string()]);
+        store.set_assigned(
+            1,
+            &["g".to_string(), "new".to_string()],
+            Seeds::DropUnlisted,
+        );
         assert_ne!(
             store.generation(),
             gen_before,
@@ -1449,7 +1432,7 @@ mod tests {
             Some("2")
         );
         // A late result for a dropped group is ignored.
-        assert_eq!(store.apply(1, "h", PollResult::Attributes(&[]), 3.0), None);
+        assert_eq!(store.apply(1, "h", &ok(&[]), 3.0), None);
         assert!(
             series(&store, ValueHashes::PerKey)
                 .keys()
@@ -1459,29 +1442,29 @@ mod tests {
 
         store.remove_app(1);
         assert!(series(&store, ValueHashes::PerKey).is_empty());
-        assert_eq!(store.apply(1, "g", PollResult::NoAnswer, 4.0), None);
+        assert_eq!(store.apply(1, "g", &no_answer(), 4.0), None);
     }
 
     #[test]
     fn generation_moves_only_when_the_state_file_would_change() {
         let store = store_with(&["g"]);
         let g0 = store.generation();
-        store.apply(1, "g", PollResult::NoAnswer, 1.0);
+        store.apply(1, "g", &no_answer(), 1.0);
         assert_eq!(store.generation(), g0);
-        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "1")])), 1.0);
+        store.apply(1, "g", &ok(&attrs(&[("a", "1")])), 1.0);
         let g1 = store.generation();
         assert_ne!(g1, g0);
-        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "1")])), 2.0);
-        store.apply(1, "g", PollResult::ApiError(10002), 3.0);
+        store.apply(1, "g", &ok(&attrs(&[("a", "1")])), 2.0);
+        store.apply(1, "g", &api(10002), 3.0);
         assert_eq!(store.generation(), g1);
-        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "2")])), 4.0);
+        store.apply(1, "g", &ok(&attrs(&[("a", "2")])), 4.0);
         assert_ne!(store.generation(), g1);
     }
 
     #[test]
     fn value_hashes_setting_controls_hash_series() {
         let store = store_with(&["g"]);
-        store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "1")])), 1.0);
+        store.apply(1, "g", &ok(&attrs(&[("a", "1")])), 1.0);
         let has = |vh, name: &str| {
             series(&store, vh)
                 .keys()
@@ -1504,16 +1487,15 @@ mod tests {
     #[test]
     fn labels_are_escaped_and_output_is_sorted() {
         let store = Store::new();
-        store.set_assigned(2, &["b".to_string(), "a\"\\\nz".to_string()]);
-        store.set_assigned(1, &["c".to_string()]);
-        store.apply(
+        store.set_assigned(
             2,
-            "a\"\\\nz",
-            PollResult::Attributes(&attrs(&[("k\"\n\\", "v")])),
-            1.0,
+            &["b".to_string(), "a\"\\\nz".to_string()],
+            Seeds::DropUnlisted,
         );
-        store.apply(2, "b", PollResult::NoAnswer, 1.0);
-        store.apply(1, "c", PollResult::NoAnswer, 1.0);
+        store.set_assigned(1, &["c".to_string()], Seeds::DropUnlisted);
+        store.apply(2, "a\"\\\nz", &ok(&attrs(&[("k\"\n\\", "v")])), 1.0);
+        store.apply(2, "b", &no_answer(), 1.0);
+        store.apply(1, "c", &no_answer(), 1.0);
         let mut out = String::new();
         store.render(&mut out, ValueHashes::PerKey);
         assert!(
@@ -1541,9 +1523,9 @@ mod tests {
             .map(|i| format!("g{i:05}"))
             .collect();
         let store = Store::new();
-        store.set_assigned(1, &ids);
+        store.set_assigned(1, &ids, Seeds::DropUnlisted);
         for id in &ids {
-            store.apply(1, id, PollResult::NoAnswer, 1.0);
+            store.apply(1, id, &no_answer(), 1.0);
         }
         let s = series(&store, ValueHashes::PerKey);
         let ups = s
@@ -1565,16 +1547,11 @@ mod tests {
         store.apply(
             1,
             "g",
-            PollResult::Attributes(&attrs(&[("a", "secret value"), ("b", "")])),
+            &ok(&attrs(&[("a", "secret value"), ("b", "")])),
             1.0,
         );
-        store.apply(
-            1,
-            "g",
-            PollResult::Attributes(&attrs(&[("a", "secret value 2")])),
-            7.5,
-        );
-        store.apply(1, "h", PollResult::NoAnswer, 1.0);
+        store.apply(1, "g", &ok(&attrs(&[("a", "secret value 2")])), 7.5);
+        store.apply(1, "h", &no_answer(), 1.0);
         let persisted = store.persisted();
         write_state_file(&path, &persisted).expect("written");
         // Overwrite works too, and leaves only the file itself.
@@ -1619,12 +1596,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let valid = {
             let store = store_with(&["g"]);
-            store.apply(
-                1,
-                "g",
-                PollResult::Attributes(&attrs(&[("a", "1"), ("b", "2")])),
-                1.0,
-            );
+            store.apply(1, "g", &ok(&attrs(&[("a", "1"), ("b", "2")])), 1.0);
             serde_json::to_string(&store.persisted()).expect("serialisable")
         };
         let cases: Vec<(&str, String)> = vec![
@@ -1824,13 +1796,13 @@ mod tests {
         #[test]
         fn rendered_random_states_are_valid_exposition(ops in proptest::collection::vec(op(), 0..40)) {
             let store = Store::new();
-            store.set_assigned(7, &(0..6).map(gid).collect::<Vec<_>>());
+            store.set_assigned(7, &(0..6).map(gid).collect::<Vec<_>>(), Seeds::DropUnlisted);
             for (t, op) in ops.into_iter().enumerate() {
                 match op {
-                    Op::Assign(gs) => store.set_assigned(7, &gs.into_iter().map(gid).collect::<Vec<_>>()),
-                    Op::Poll(g, Some(a), _) => { store.apply(7, &gid(g), PollResult::Attributes(&a), t as f64); }
-                    Op::Poll(g, None, -1) => { store.apply(7, &gid(g), PollResult::NoAnswer, t as f64); }
-                    Op::Poll(g, None, code) => { store.apply(7, &gid(g), PollResult::ApiError(code), t as f64); }
+                    Op::Assign(gs) => store.set_assigned(7, &gs.into_iter().map(gid).collect::<Vec<_>>(), Seeds::DropUnlisted),
+                    Op::Poll(g, Some(a), _) => { store.apply(7, &gid(g), &ok(&a), t as f64); }
+                    Op::Poll(g, None, -1) => { store.apply(7, &gid(g), &no_answer(), t as f64); }
+                    Op::Poll(g, None, code) => { store.apply(7, &gid(g), &api(code), t as f64); }
                 }
             }
             for vh in [ValueHashes::PerKey, ValueHashes::PerGroup, ValueHashes::Off] {
@@ -1852,8 +1824,8 @@ mod tests {
         #[test]
         fn parsing_mangled_state_never_panics(cut in 0usize..400, byte in any::<u8>(), at in 0usize..400) {
             let store = store_with(&["g", "h"]);
-            store.apply(1, "g", PollResult::Attributes(&attrs(&[("a", "1"), ("b", "2")])), 1.0);
-            store.apply(1, "h", PollResult::Attributes(&attrs(&[("c", "3")])), 1.0);
+            store.apply(1, "g", &ok(&attrs(&[("a", "1"), ("b", "2")])), 1.0);
+            store.apply(1, "h", &ok(&attrs(&[("c", "3")])), 1.0);
             let mut bytes = serde_json::to_vec(&store.persisted()).expect("serialisable");
             if at < bytes.len() { bytes[at] = byte; }
             bytes.truncate(cut);

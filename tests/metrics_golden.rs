@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use timattr_exporter::metrics::{BuildInfo, METRIC_FAMILIES, Metrics};
-use timattr_exporter::observe::{Api, AttemptResult, FailureReason};
-use timattr_exporter::state::{PollResult, Store, ValueHashes};
+use timattr_exporter::observe::Api;
+use timattr_exporter::outcome::{ApiError, Attributes, FailureReason, Outcome};
+use timattr_exporter::state::{Seeds, Store, ValueHashes};
 
 const APP: u64 = 1_400_000_000;
 const OTHER_APP: u64 = 1_400_000_001;
@@ -38,23 +39,23 @@ fn scenario() -> (Metrics, Store) {
         obs.on_attempt(
             Api::GetGroupAttr,
             Duration::from_millis(ms),
-            AttemptResult::Ok,
+            &Outcome::Ok(()),
         );
     }
     obs.on_attempt(
         Api::GetGroupAttr,
         Duration::from_millis(40),
-        AttemptResult::ApiError(10010),
+        &Outcome::Api(ApiError::from_code(10010, "").unwrap()),
     );
     obs.on_attempt(
         Api::GetGroupAttr,
         Duration::from_secs(5),
-        AttemptResult::Failed(FailureReason::Timeout),
+        &Outcome::NoAnswer(FailureReason::Timeout),
     );
     obs.on_attempt(
         Api::GetAppidGroupList,
         Duration::from_millis(900),
-        AttemptResult::Ok,
+        &Outcome::Ok(()),
     );
     obs.on_usersig(1_700_086_400);
     metrics.set_poll_lag(APP, 0.25);
@@ -62,7 +63,7 @@ fn scenario() -> (Metrics, Store) {
     other.on_attempt(
         Api::GetGroupAttr,
         Duration::from_millis(20),
-        AttemptResult::ApiError(60007),
+        &Outcome::Api(ApiError::from_code(60007, "").unwrap()),
     );
     metrics.set_poll_lag(OTHER_APP, 0.0);
 
@@ -75,55 +76,34 @@ fn scenario() -> (Metrics, Store) {
         "@TGS#unpolled",
         "odd\"id\\with\nnewline",
     ];
-    store.set_assigned(APP, &ids.map(String::from));
-    store.set_assigned(OTHER_APP, &["@TGS#limited".to_string()]);
+    store.set_assigned(APP, &ids.map(String::from), Seeds::DropUnlisted);
+    store.set_assigned(
+        OTHER_APP,
+        &["@TGS#limited".to_string()],
+        Seeds::DropUnlisted,
+    );
 
     let healthy = attrs(&[
         ("color", "blue"),
         ("quote\"key\\", "line1\nline2"),
         ("unicode", "héllo 世界"),
     ]);
-    store.apply(APP, "@TGS#healthy", PollResult::Attributes(&healthy), T0);
-    store.apply(
-        APP,
-        "@TGS#deleted",
-        PollResult::Attributes(&attrs(&[("a", "1")])),
-        T0,
-    );
-    store.apply(APP, "@TGS#deleted", PollResult::ApiError(10010), T0 + 60.0);
-    store.apply(APP, "@TGS#noanswer", PollResult::NoAnswer, T0);
+    store.apply(APP, "@TGS#healthy", &ok(&healthy), T0);
+    store.apply(APP, "@TGS#deleted", &ok(&attrs(&[("a", "1")])), T0);
+    store.apply(APP, "@TGS#deleted", &api(10010), T0 + 60.0);
+    store.apply(APP, "@TGS#noanswer", &no_answer(), T0);
     store.apply(
         APP,
         "@TGS#changed",
-        PollResult::Attributes(&attrs(&[("a", "1"), ("b", "2")])),
+        &ok(&attrs(&[("a", "1"), ("b", "2")])),
         T0,
     );
     let changed = attrs(&[("b", "22"), ("c", "3")]);
-    let got = store.apply(
-        APP,
-        "@TGS#changed",
-        PollResult::Attributes(&changed),
-        T0 + 60.5,
-    );
+    let got = store.apply(APP, "@TGS#changed", &ok(&changed), T0 + 60.5);
     assert!(got.is_some(), "the change is reported");
-    store.apply(
-        APP,
-        "odd\"id\\with\nnewline",
-        PollResult::Attributes(&[]),
-        T0,
-    );
-    store.apply(
-        OTHER_APP,
-        "@TGS#limited",
-        PollResult::Attributes(&attrs(&[("k", "v")])),
-        T0,
-    );
-    store.apply(
-        OTHER_APP,
-        "@TGS#limited",
-        PollResult::ApiError(60007),
-        T0 + 60.0,
-    );
+    store.apply(APP, "odd\"id\\with\nnewline", &ok(&[]), T0);
+    store.apply(OTHER_APP, "@TGS#limited", &ok(&attrs(&[("k", "v")])), T0);
+    store.apply(OTHER_APP, "@TGS#limited", &api(60007), T0 + 60.0);
     (metrics, store)
 }
 
@@ -233,4 +213,16 @@ fn promtool_rejects_what_it_should() {
         !out.status.success(),
         "promtool accepted a counter without _total"
     );
+}
+
+fn ok(attrs: &[(String, String)]) -> Outcome<Attributes> {
+    Outcome::Ok(attrs.to_vec())
+}
+
+fn api(code: i64) -> Outcome<Attributes> {
+    Outcome::Api(ApiError::from_code(code, "").expect("a non-zero code"))
+}
+
+fn no_answer() -> Outcome<Attributes> {
+    Outcome::NoAnswer(FailureReason::Timeout)
 }
