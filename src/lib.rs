@@ -13,9 +13,11 @@
 //! - [`fake`]: a faithful fake of the Tencent Chat API, for tests, benchmarks and `--demo`.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod discovery;
 pub mod error_code;
 pub mod fake;
 pub mod http;

@@ -323,9 +323,13 @@ impl Metrics {
 
     /// `timattr_poll_lag_seconds` of an app.
     pub fn set_poll_lag(&self, sdkappid: u64, seconds: f64) {
-        self.poll_lag
-            .with_label_values(&[&sdkappid.to_string()])
-            .set(seconds);
+        self.poll_lag_gauge(sdkappid).set(seconds);
+    }
+
+    /// The handle of an app's `timattr_poll_lag_seconds`, for its owner to set on every dispatch
+    /// without a label lookup. Once [`Metrics::remove_app`] ran, setting it shows nowhere.
+    pub fn poll_lag_gauge(&self, sdkappid: u64) -> prometheus::Gauge {
+        self.poll_lag.with_label_values(&[&sdkappid.to_string()])
     }
 
     /// Drops every per-app series of an app a reload removed. Its old observer, if a client still

@@ -21,12 +21,18 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use timattr_exporter::client::{
-    AttrOutcome, Client, ClientSettings, ListError, MAX_RESPONSE_BYTES, RetryPolicy,
-};
-use timattr_exporter::observe::{Api, ApiObserver, AttemptResult, FailureReason};
+use timattr_exporter::app;
+use timattr_exporter::client::{Client, ClientSettings, MAX_RESPONSE_BYTES, RetryPolicy};
+use timattr_exporter::config;
+use timattr_exporter::metrics::{BuildInfo, Metrics};
+use timattr_exporter::observe::{Api, ApiObserver};
+use timattr_exporter::outcome::{ApiError, FailureReason, Outcome};
 use timattr_exporter::ratelimit::RateLimiter;
+use timattr_exporter::schedule::Anchor;
 use timattr_exporter::secret::SecretKey;
+use timattr_exporter::shard::Shard;
+use timattr_exporter::shutdown;
+use timattr_exporter::state::Store;
 use timattr_exporter::usersig;
 
 const KEY: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
@@ -241,13 +247,13 @@ fn api_error(code: i64) -> Reply {
 
 #[derive(Default)]
 struct Recorder {
-    attempts: Mutex<Vec<(Api, AttemptResult)>>,
+    attempts: Mutex<Vec<(Api, Outcome<()>)>>,
     usersigs: Mutex<Vec<u64>>,
 }
 
 impl ApiObserver for Recorder {
-    fn on_attempt(&self, api: Api, _duration: Duration, result: AttemptResult) {
-        self.attempts.lock().unwrap().push((api, result));
+    fn on_attempt(&self, api: Api, _duration: Duration, ended: &Outcome<()>) {
+        self.attempts.lock().unwrap().push((api, ended.clone()));
     }
     fn on_usersig(&self, expires_at: u64) {
         self.usersigs.lock().unwrap().push(expires_at);
@@ -255,14 +261,33 @@ impl ApiObserver for Recorder {
 }
 
 impl Recorder {
-    fn results(&self) -> Vec<AttemptResult> {
+    fn results(&self) -> Vec<Outcome<()>> {
         self.attempts
             .lock()
             .unwrap()
             .iter()
-            .map(|(_, r)| *r)
+            .map(|(_, r)| r.clone())
             .collect()
     }
+}
+
+trait OkPayload<T> {
+    fn ok_payload(self) -> T;
+}
+
+impl<T> OkPayload<T> for Outcome<T> {
+    /// The payload of a call expected to succeed.
+    fn ok_payload(self) -> T {
+        match self {
+            Outcome::Ok(v) => v,
+            other => panic!("expected success, got {other}"),
+        }
+    }
+}
+
+/// An attempt that got this non-zero `ErrorCode` (the info is not compared).
+fn api_err(code: i64) -> Outcome<()> {
+    Outcome::Api(ApiError::from_code(code, format!("error {code}")).expect("non-zero"))
 }
 
 struct Harness {
@@ -319,17 +344,24 @@ fn harness(server: &Server) -> Harness {
 async fn request_is_exactly_as_documented() {
     let server = Server::start(|_, _| ok(&[("b", "2"), ("a", "1"), ("", "empty key")])).await;
     let h = harness(&server);
-    let outcome = h.client.get_group_attr(GROUP).await;
+    let outcome = h
+        .client
+        .get_group_attr(GROUP, None)
+        .await
+        .expect("no stop signal");
     assert_eq!(
         outcome,
-        AttrOutcome::Ok(vec![
+        Outcome::Ok(vec![
             ("".into(), "empty key".into()),
             ("a".into(), "1".into()),
             ("b".into(), "2".into())
         ])
     );
     for _ in 0..4 {
-        h.client.get_group_attr(GROUP).await;
+        h.client
+            .get_group_attr(GROUP, None)
+            .await
+            .expect("no stop signal");
     }
     let reqs = server.requests();
     assert_eq!(reqs.len(), 5);
@@ -359,7 +391,7 @@ async fn request_is_exactly_as_documented() {
         .map(|r| r.param("random").parse::<u32>().expect("random is a u32"))
         .collect();
     assert_eq!(randoms.len(), 5);
-    assert_eq!(h.recorder.results(), vec![AttemptResult::Ok; 5]);
+    assert_eq!(h.recorder.results(), vec![Outcome::Ok(()); 5]);
     assert!(
         h.recorder
             .attempts
@@ -374,7 +406,13 @@ async fn request_is_exactly_as_documented() {
 async fn base_url_with_a_path_keeps_it() {
     let server = Server::start(|_, _| ok(&[])).await;
     let h = harness_with(server.base.join("proxy/tim").unwrap(), |_| {});
-    assert_eq!(h.client.get_group_attr("g").await, AttrOutcome::Ok(vec![]));
+    assert_eq!(
+        h.client
+            .get_group_attr("g", None)
+            .await
+            .expect("no stop signal"),
+        Outcome::Ok(vec![])
+    );
     assert_eq!(
         server.requests()[0].path,
         "/proxy/tim/v4/group_open_attr_http_svc/get_group_attr"
@@ -395,13 +433,19 @@ async fn unknown_fields_and_missing_attributes() {
     .await;
     let h = harness(&server);
     assert_eq!(
-        h.client.get_group_attr(GROUP).await,
-        AttrOutcome::Ok(vec![("k".into(), "v".into())])
+        h.client
+            .get_group_attr(GROUP, None)
+            .await
+            .expect("no stop signal"),
+        Outcome::Ok(vec![("k".into(), "v".into())])
     );
     for _ in 0..3 {
         assert_eq!(
-            h.client.get_group_attr(GROUP).await,
-            AttrOutcome::Ok(vec![])
+            h.client
+                .get_group_attr(GROUP, None)
+                .await
+                .expect("no stop signal"),
+            Outcome::Ok(vec![])
         );
     }
 }
@@ -419,14 +463,14 @@ async fn codes_that_are_never_retried() {
         let server = Server::start(move |_, _| api_error(code)).await;
         let h = harness(&server);
         assert_eq!(
-            h.client.get_group_attr(GROUP).await,
-            AttrOutcome::ApiError {
-                code,
-                info: format!("error {code}")
-            }
+            h.client
+                .get_group_attr(GROUP, None)
+                .await
+                .expect("no stop signal"),
+            Outcome::Api(ApiError::from_code(code, format!("error {code}")).unwrap())
         );
         assert_eq!(server.count(), 1, "code {code} must not be retried");
-        assert_eq!(h.recorder.results(), vec![AttemptResult::ApiError(code)]);
+        assert_eq!(h.recorder.results(), vec![api_err(code)]);
         assert_eq!(h.limiter.spacing(), RateLimiter::new(1000.0).spacing());
     }
 }
@@ -437,11 +481,11 @@ async fn transient_codes_are_retried_up_to_max_attempts() {
         let server = Server::start(move |_, _| api_error(code)).await;
         let h = harness(&server);
         assert!(matches!(
-            h.client.get_group_attr(GROUP).await,
-            AttrOutcome::ApiError { code: c, .. } if c == code
+            h.client.get_group_attr(GROUP, None).await.expect("no stop signal"),
+            Outcome::Api(ref e) if e.code() == code
         ));
         assert_eq!(server.count(), 3, "code {code}");
-        assert_eq!(h.recorder.results(), vec![AttemptResult::ApiError(code); 3]);
+        assert_eq!(h.recorder.results(), vec![api_err(code); 3]);
     }
 }
 
@@ -455,15 +499,18 @@ async fn transient_failure_then_success() {
     .await;
     let h = harness(&server);
     assert_eq!(
-        h.client.get_group_attr(GROUP).await,
-        AttrOutcome::Ok(vec![("k".into(), "v".into())])
+        h.client
+            .get_group_attr(GROUP, None)
+            .await
+            .expect("no stop signal"),
+        Outcome::Ok(vec![("k".into(), "v".into())])
     );
     assert_eq!(
         h.recorder.results(),
         vec![
-            AttemptResult::ApiError(10002),
-            AttemptResult::Failed(FailureReason::HttpStatus),
-            AttemptResult::Ok
+            api_err(10002),
+            Outcome::NoAnswer(FailureReason::HttpStatus),
+            Outcome::Ok(())
         ]
     );
 }
@@ -475,8 +522,8 @@ async fn rate_limit_codes_slow_the_limiter_and_are_not_retried() {
         let h = harness(&server);
         let normal = h.limiter.spacing();
         assert!(matches!(
-            h.client.get_group_attr(GROUP).await,
-            AttrOutcome::ApiError { code: c, .. } if c == code
+            h.client.get_group_attr(GROUP, None).await.expect("no stop signal"),
+            Outcome::Api(ref e) if e.code() == code
         ));
         assert_eq!(server.count(), 1, "code {code}");
         assert_eq!(h.limiter.spacing(), normal * 2, "code {code}");
@@ -512,8 +559,11 @@ async fn expired_usersig_is_regenerated_and_retried_once() {
             }
         });
         assert_eq!(
-            h.client.get_group_attr(GROUP).await,
-            AttrOutcome::Ok(vec![])
+            h.client
+                .get_group_attr(GROUP, None)
+                .await
+                .expect("no stop signal"),
+            Outcome::Ok(vec![])
         );
         handle.await.unwrap();
         let reqs = server.requests();
@@ -536,8 +586,8 @@ async fn usersig_rejected_twice_is_not_retried_again() {
     let server = Server::start(|_, _| api_error(70001)).await;
     let h = harness(&server);
     assert!(matches!(
-        h.client.get_group_attr(GROUP).await,
-        AttrOutcome::ApiError { code: 70001, .. }
+        h.client.get_group_attr(GROUP, None).await.expect("no stop signal"),
+        Outcome::Api(ref e) if e.code() == 70001
     ));
     assert_eq!(server.count(), 2);
 }
@@ -549,12 +599,21 @@ async fn usersig_is_renewed_at_80_percent_of_its_ttl() {
         s.usersig_ttl = Duration::from_secs(1000)
     });
     assert_eq!(h.client.usersig_expires_at(), None);
-    h.client.get_group_attr(GROUP).await;
+    h.client
+        .get_group_attr(GROUP, None)
+        .await
+        .expect("no stop signal");
     h.clock.store(T0 + 799, Ordering::SeqCst);
-    h.client.get_group_attr(GROUP).await;
+    h.client
+        .get_group_attr(GROUP, None)
+        .await
+        .expect("no stop signal");
     assert_eq!(h.client.usersig_expires_at(), Some(T0 + 1000));
     h.clock.store(T0 + 800, Ordering::SeqCst);
-    h.client.get_group_attr(GROUP).await;
+    h.client
+        .get_group_attr(GROUP, None)
+        .await
+        .expect("no stop signal");
     assert_eq!(h.client.usersig_expires_at(), Some(T0 + 1800));
     let times: Vec<u64> = server
         .requests()
@@ -585,13 +644,16 @@ async fn http_statuses() {
         let server = Server::start(move |_, _| Reply::Raw(status, Bytes::from_static(b"{}"))).await;
         let h = harness(&server);
         assert_eq!(
-            h.client.get_group_attr(GROUP).await,
-            AttrOutcome::NoAnswer(FailureReason::HttpStatus)
+            h.client
+                .get_group_attr(GROUP, None)
+                .await
+                .expect("no stop signal"),
+            Outcome::NoAnswer(FailureReason::HttpStatus)
         );
         assert_eq!(server.count(), attempts, "status {status}");
         assert_eq!(
             h.recorder.results(),
-            vec![AttemptResult::Failed(FailureReason::HttpStatus); attempts]
+            vec![Outcome::NoAnswer(FailureReason::HttpStatus); attempts]
         );
     }
 }
@@ -601,8 +663,11 @@ async fn redirects_are_not_followed() {
     let server = Server::start(|_, _| Reply::Redirect("/elsewhere")).await;
     let h = harness(&server);
     assert_eq!(
-        h.client.get_group_attr(GROUP).await,
-        AttrOutcome::NoAnswer(FailureReason::HttpStatus)
+        h.client
+            .get_group_attr(GROUP, None)
+            .await
+            .expect("no stop signal"),
+        Outcome::NoAnswer(FailureReason::HttpStatus)
     );
     assert_eq!(server.count(), 1);
 }
@@ -623,15 +688,18 @@ async fn invalid_responses_are_not_retried() {
         let server = Server::start(move |_, _| Reply::Raw(200, Bytes::from_static(body))).await;
         let h = harness(&server);
         assert_eq!(
-            h.client.get_group_attr(GROUP).await,
-            AttrOutcome::NoAnswer(FailureReason::InvalidResponse),
+            h.client
+                .get_group_attr(GROUP, None)
+                .await
+                .expect("no stop signal"),
+            Outcome::NoAnswer(FailureReason::InvalidResponse),
             "{}",
             String::from_utf8_lossy(body)
         );
         assert_eq!(server.count(), 1);
         assert_eq!(
             h.recorder.results(),
-            vec![AttemptResult::Failed(FailureReason::InvalidResponse)]
+            vec![Outcome::NoAnswer(FailureReason::InvalidResponse)]
         );
     }
 }
@@ -643,15 +711,18 @@ async fn timeouts_are_retried() {
         s.timeout = Duration::from_millis(200)
     });
     assert_eq!(
-        h.client.get_group_attr(GROUP).await,
-        AttrOutcome::Ok(vec![])
+        h.client
+            .get_group_attr(GROUP, None)
+            .await
+            .expect("no stop signal"),
+        Outcome::Ok(vec![])
     );
     assert_eq!(
         h.recorder.results(),
         vec![
-            AttemptResult::Failed(FailureReason::Timeout),
-            AttemptResult::Failed(FailureReason::Timeout),
-            AttemptResult::Ok
+            Outcome::NoAnswer(FailureReason::Timeout),
+            Outcome::NoAnswer(FailureReason::Timeout),
+            Outcome::Ok(())
         ]
     );
 
@@ -660,8 +731,11 @@ async fn timeouts_are_retried() {
         s.timeout = Duration::from_millis(100)
     });
     assert_eq!(
-        h.client.get_group_attr(GROUP).await,
-        AttrOutcome::NoAnswer(FailureReason::Timeout)
+        h.client
+            .get_group_attr(GROUP, None)
+            .await
+            .expect("no stop signal"),
+        Outcome::NoAnswer(FailureReason::Timeout)
     );
     assert_eq!(server.count(), 3);
 }
@@ -674,27 +748,30 @@ async fn connection_failures_are_retried() {
     drop(listener);
     let h = harness_with(url::Url::parse(&format!("http://{addr}/")).unwrap(), |_| {});
     assert_eq!(
-        h.client.get_group_attr(GROUP).await,
-        AttrOutcome::NoAnswer(FailureReason::Connect)
+        h.client
+            .get_group_attr(GROUP, None)
+            .await
+            .expect("no stop signal"),
+        Outcome::NoAnswer(FailureReason::Connect)
     );
     assert_eq!(
         h.recorder.results(),
-        vec![AttemptResult::Failed(FailureReason::Connect); 3]
+        vec![Outcome::NoAnswer(FailureReason::Connect); 3]
     );
 
     // Dropped without an answer, then fine.
     let server = Server::start(|i, _| if i == 0 { Reply::Close } else { ok(&[]) }).await;
     let h = harness(&server);
     assert_eq!(
-        h.client.get_group_attr(GROUP).await,
-        AttrOutcome::Ok(vec![])
+        h.client
+            .get_group_attr(GROUP, None)
+            .await
+            .expect("no stop signal"),
+        Outcome::Ok(vec![])
     );
     assert_eq!(
         h.recorder.results(),
-        vec![
-            AttemptResult::Failed(FailureReason::Connect),
-            AttemptResult::Ok
-        ]
+        vec![Outcome::NoAnswer(FailureReason::Connect), Outcome::Ok(())]
     );
 }
 
@@ -725,12 +802,18 @@ async fn answers_up_to_1_mib_are_read_larger_ones_rejected() {
     .await;
     let h = harness(&server);
     assert_eq!(
-        h.client.get_group_attr(GROUP).await,
-        AttrOutcome::Ok(vec![("k".into(), "v".into())])
+        h.client
+            .get_group_attr(GROUP, None)
+            .await
+            .expect("no stop signal"),
+        Outcome::Ok(vec![("k".into(), "v".into())])
     );
     assert_eq!(
-        h.client.get_group_attr(GROUP).await,
-        AttrOutcome::NoAnswer(FailureReason::InvalidResponse)
+        h.client
+            .get_group_attr(GROUP, None)
+            .await
+            .expect("no stop signal"),
+        Outcome::NoAnswer(FailureReason::InvalidResponse)
     );
     assert_eq!(server.count(), 2, "not retried");
 }
@@ -751,8 +834,11 @@ async fn large_bodies_are_rejected_without_reading_them() {
         // (well within the 5 s timeout) is the proof it was not buffered.
         let started = std::time::Instant::now();
         assert_eq!(
-            h.client.get_group_attr(GROUP).await,
-            AttrOutcome::NoAnswer(FailureReason::InvalidResponse),
+            h.client
+                .get_group_attr(GROUP, None)
+                .await
+                .expect("no stop signal"),
+            Outcome::NoAnswer(FailureReason::InvalidResponse),
             "{name}"
         );
         assert!(started.elapsed() < Duration::from_secs(4), "{name}");
@@ -763,22 +849,57 @@ async fn large_bodies_are_rejected_without_reading_them() {
 // ---------------------------------------------------------------------------------------------
 // Limits on the app: concurrency and the shared rate limiter.
 
+/// The concurrency gate is the app owner's, one for polls and their retries: the client has
+/// none of its own.
 #[tokio::test]
-async fn at_most_max_concurrency_requests_in_flight() {
-    let server =
-        Server::start(|_, _| Reply::Delayed(Duration::from_millis(50), json!({"ErrorCode":0})))
-            .await;
-    let h = Arc::new(harness_with(server.base.clone(), |s| s.max_concurrency = 2));
-    let tasks: Vec<_> = (0..8)
-        .map(|i| {
-            let h = h.clone();
-            tokio::spawn(async move { h.client.get_group_attr(&format!("g{i}")).await })
-        })
-        .collect();
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), AttrOutcome::Ok(vec![]));
+async fn the_app_owner_keeps_at_most_max_concurrency_polls_in_flight() {
+    let server = Server::start(|i, _| {
+        if i % 3 == 0 {
+            // Every third answer is transient: its poll stays in flight through its backoff.
+            api_error(10002)
+        } else {
+            Reply::Delayed(Duration::from_millis(50), json!({"ErrorCode":0}))
+        }
+    })
+    .await;
+    let groups: String = (0..8).map(|i| format!("\"g{i}\", ")).collect();
+    let yaml = format!(
+        "poll_interval: 1s\napps:\n  - sdkappid: {APP}\n    endpoint: {}\n    identifier: {ADMIN}\n    secret_key: {KEY}\n    rate_limit: 1000\n    max_concurrency: 2\n    groups: [{groups}]\n",
+        server.base
+    );
+    let app = config::parse(&yaml, &|_| None, std::path::Path::new("."))
+        .expect("valid")
+        .config
+        .apps
+        .remove(0);
+    let (stop, stopping) = shutdown::channel();
+    let store = Arc::new(Store::new());
+    let owner = app::start(
+        app::Plan {
+            app,
+            default_interval: Duration::from_secs(1),
+            rate: 1000.0,
+        },
+        app::Shared {
+            store: Arc::clone(&store),
+            metrics: Arc::new(Metrics::new(BuildInfo {
+                version: "test",
+                revision: "test".into(),
+                rustc: "test".into(),
+            })),
+            shard: Shard::default(),
+            anchor: Anchor::now(),
+            stopping,
+        },
+    )
+    .expect("owner starts");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while server.count() < 24 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(server.count(), 8);
+    stop.fire();
+    owner.stop(app::Stop::Shutdown).await;
+    assert!(server.count() >= 24, "only {} requests", server.count());
     assert_eq!(server.state.max_in_flight.load(Ordering::SeqCst), 2);
 }
 
@@ -794,7 +915,10 @@ async fn every_attempt_takes_a_rate_limit_slot() {
     )
     .unwrap();
     let started = tokio::time::Instant::now();
-    h.client.get_group_attr(GROUP).await;
+    h.client
+        .get_group_attr(GROUP, None)
+        .await
+        .expect("no stop signal");
     let elapsed = started.elapsed();
     assert_eq!(server.count(), 3);
     // The third attempt could not leave before its slot, two spacings after the first (the
@@ -818,7 +942,12 @@ async fn group_list_pages_with_u64_cursor_one_call_per_second() {
     })
     .await;
     let h = harness(&server);
-    let groups = h.client.get_appid_group_list(Some("Public")).await.unwrap();
+    let groups = h
+        .client
+        .get_appid_group_list(Some("Public"))
+        .await
+        .expect("no stop signal")
+        .ok_payload();
     assert_eq!(groups, ["@TGS#1", "g2", "g3", "g4"]);
     let reqs = server.requests();
     assert_eq!(reqs.len(), 3);
@@ -847,7 +976,7 @@ async fn group_list_pages_with_u64_cursor_one_call_per_second() {
             .lock()
             .unwrap()
             .iter()
-            .all(|(api, r)| *api == Api::GetAppidGroupList && *r == AttemptResult::Ok)
+            .all(|(api, r)| *api == Api::GetAppidGroupList && *r == Outcome::Ok(()))
     );
     // The shared get_group_attr quota was not used.
     assert_eq!(h.limiter.spacing(), RateLimiter::new(1000.0).spacing());
@@ -862,7 +991,11 @@ async fn group_list_without_type_and_errors() {
     .await;
     let h = harness(&server);
     assert_eq!(
-        h.client.get_appid_group_list(None).await.unwrap(),
+        h.client
+            .get_appid_group_list(None)
+            .await
+            .expect("no stop signal")
+            .ok_payload(),
         Vec::<String>::new()
     );
     assert_eq!(
@@ -870,19 +1003,22 @@ async fn group_list_without_type_and_errors() {
         json!({"Limit":10000,"Next":0})
     );
     assert_eq!(
-        h.client.get_appid_group_list(None).await,
-        Err(ListError::ApiError {
-            code: 10007,
-            info: "error 10007".into()
-        })
+        h.client
+            .get_appid_group_list(None)
+            .await
+            .expect("no stop signal"),
+        Outcome::Api(ApiError::from_code(10007, "error 10007").unwrap())
     );
     assert_eq!(server.count(), 2);
 
     let server = Server::start(|_, _| Reply::Raw(200, Bytes::from_static(b"<html>"))).await;
     let h = harness(&server);
     assert_eq!(
-        h.client.get_appid_group_list(None).await,
-        Err(ListError::NoAnswer(FailureReason::InvalidResponse))
+        h.client
+            .get_appid_group_list(None)
+            .await
+            .expect("no stop signal"),
+        Outcome::NoAnswer(FailureReason::InvalidResponse)
     );
 
     // A server that hands back the cursor it was given would page forever.
@@ -894,8 +1030,11 @@ async fn group_list_without_type_and_errors() {
     .await;
     let h = harness(&server);
     assert_eq!(
-        h.client.get_appid_group_list(None).await,
-        Err(ListError::NoAnswer(FailureReason::InvalidResponse))
+        h.client
+            .get_appid_group_list(None)
+            .await
+            .expect("no stop signal"),
+        Outcome::NoAnswer(FailureReason::InvalidResponse)
     );
     assert_eq!(server.count(), 2);
 }
@@ -944,10 +1083,13 @@ async fn logs_never_contain_the_usersig_or_key() {
         s.retry.max_attempts = 1;
     });
     for _ in 0..9 {
-        h.client.get_group_attr(GROUP).await;
+        h.client
+            .get_group_attr(GROUP, None)
+            .await
+            .expect("no stop signal");
         h.clock.fetch_add(100_000, Ordering::SeqCst);
     }
-    h.client.get_appid_group_list(None).await.ok();
+    let _ = h.client.get_appid_group_list(None).await;
     // Refused connections carry the URL in reqwest's error.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -955,7 +1097,11 @@ async fn logs_never_contain_the_usersig_or_key() {
     let refused = harness_with(url::Url::parse(&format!("http://{addr}/")).unwrap(), |s| {
         s.retry.max_attempts = 1
     });
-    refused.client.get_group_attr(GROUP).await;
+    refused
+        .client
+        .get_group_attr(GROUP, None)
+        .await
+        .expect("no stop signal");
 
     let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     let mut sigs: Vec<String> = server
@@ -1009,7 +1155,12 @@ async fn a_listing_does_not_hold_up_polling() {
     let h = Arc::new(harness_with(server.base.clone(), |s| s.max_concurrency = 1));
     let lister = {
         let h = h.clone();
-        tokio::spawn(async move { h.client.get_appid_group_list(None).await })
+        tokio::spawn(async move {
+            h.client
+                .get_appid_group_list(None)
+                .await
+                .expect("no stop signal")
+        })
     };
     // Once the first page is served, the listing waits over a second for its next slot.
     while server.count() == 0 {
@@ -1017,8 +1168,11 @@ async fn a_listing_does_not_hold_up_polling() {
     }
     let started = std::time::Instant::now();
     assert_eq!(
-        h.client.get_group_attr(GROUP).await,
-        AttrOutcome::Ok(vec![])
+        h.client
+            .get_group_attr(GROUP, None)
+            .await
+            .expect("no stop signal"),
+        Outcome::Ok(vec![])
     );
     assert!(
         started.elapsed() < Duration::from_millis(500),
@@ -1026,5 +1180,5 @@ async fn a_listing_does_not_hold_up_polling() {
         started.elapsed()
     );
     assert!(!lister.is_finished(), "the listing was still between pages");
-    assert_eq!(lister.await.unwrap(), Ok(vec![]));
+    assert_eq!(lister.await.unwrap(), Outcome::Ok(vec![]));
 }

@@ -76,7 +76,7 @@ fn scenario() -> (Metrics, Store) {
         "@TGS#unpolled",
         "odd\"id\\with\nnewline",
     ];
-    store.set_assigned(APP, &ids.map(String::from), Seeds::DropUnlisted);
+    store.set_assigned(APP, ids.map(String::from), Seeds::DropUnlisted);
     store.set_assigned(
         OTHER_APP,
         &["@TGS#limited".to_string()],
