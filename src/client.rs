@@ -572,14 +572,12 @@ impl Client {
         let mut regenerated = false;
         loop {
             attempt += 1;
-            match first.take() {
-                Some(_taken) if !self.stopped() => {}
-                Some(_) => return Err(Stopped),
-                None => {
-                    self.wait_for_slot(api).await?;
-                }
-            }
-            let (result, used_sig) = self.attempt(api, &body, parse).await;
+            let slot = match first.take() {
+                Some(_) if self.stopped() => return Err(Stopped),
+                Some(taken) => taken,
+                None => self.wait_for_slot(api).await?,
+            };
+            let (result, used_sig) = self.attempt(api, &body, parse, slot).await;
             let failure = match result {
                 Ok(Ok(value)) => return Ok(Outcome::Ok(value)),
                 Ok(Err(mut e)) => {
@@ -677,10 +675,14 @@ impl Client {
         api: Api,
         body: &[u8],
         parse: fn(&[u8]) -> Parsed<T>,
+        slot: Slot,
     ) -> (Result<Result<T, ApiError>, Failure>, Arc<Signed>) {
         let sig = self.current_usersig();
         let random: u32 = self.rng.lock().unwrap_or_else(|e| e.into_inner()).r#gen();
         let url = sig.url(api, random);
+        if api == Api::GetGroupAttr {
+            self.limiter.sending(&slot);
+        }
         let started = Instant::now();
         let result = match tokio::time::timeout(self.timeout, self.exchange(url, body)).await {
             Ok(Ok(bytes)) => parse(&bytes).map_err(|e| {

@@ -40,7 +40,10 @@ const MIN_RATE: f64 = 0.001;
 
 /// A slot handed out by a limiter: the right to send one request now.
 #[derive(Debug)]
-pub struct Slot(());
+pub struct Slot {
+    /// The instant the slot stands for on the limiter's grid.
+    at: Instant,
+}
 
 /// An evenly spacing rate limiter. `Send + Sync`; share it through `Arc`.
 #[derive(Debug)]
@@ -130,7 +133,23 @@ impl RateLimiter {
         {
             inner.slowed = None;
         }
-        Some(Slot(()))
+        Some(Slot { at: slot })
+    }
+
+    /// Called just before the request of `slot` leaves. A request that leaves later than the
+    /// tolerance after its slot (its task waited for the thread, a busy core) re-bases the grid
+    /// from now, as a late wake-up does: otherwise the next slots, on time, would follow it
+    /// closer than one spacing at the server.
+    pub fn sending(&self, slot: &Slot) {
+        let now = Instant::now();
+        if now <= slot.at + LATE_TOLERANCE {
+            return;
+        }
+        let mut inner = self.lock();
+        let rebased = now + inner.spacing_at(now);
+        if inner.next.is_none_or(|next| next < rebased) {
+            inner.next = Some(rebased);
+        }
     }
 
     /// Changes the rate (on reload). Slots already handed out keep their times; the next one
@@ -222,7 +241,7 @@ impl ListSlots {
             let slot = self.anchor.next_slot(from, cycle, phase);
             if slot <= now {
                 *last = Some(slot);
-                return Slot(());
+                return Slot { at: slot };
             }
             tokio::time::sleep_until(slot).await;
         }
@@ -436,6 +455,109 @@ mod tests {
         assert!(
             took >= Duration::from_millis(99),
             "400 slots took only {took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_send_pushes_the_next_slot() {
+        let limiter = RateLimiter::new(10.0);
+        let spacing = limiter.spacing();
+        let slot = limiter.acquire().await;
+        // The request's task runs 30 ms after its slot was granted.
+        tokio::time::advance(Duration::from_millis(30)).await;
+        let sent = Instant::now();
+        limiter.sending(&slot);
+        limiter.acquire().await;
+        assert!(
+            Instant::now() >= sent + spacing,
+            "the next slot came {:?} after a late send",
+            Instant::now() - sent
+        );
+        // On time (within the tolerance), the grid stays.
+        let slot = limiter.acquire().await;
+        let granted = Instant::now();
+        limiter.sending(&slot);
+        limiter.acquire().await;
+        assert_granted_at(Instant::now(), granted + spacing);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_wait_costs_no_slot() {
+        let limiter = RateLimiter::new(10.0);
+        let spacing = limiter.spacing();
+        limiter.acquire().await;
+        let first = Instant::now();
+        // A caller gives up halfway to its slot (the owner turning to a reload).
+        let gave_up = tokio::time::timeout(spacing / 2, limiter.acquire()).await;
+        assert!(gave_up.is_err());
+        limiter.acquire().await;
+        assert_granted_at(Instant::now(), first + spacing);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn list_slots_of_shards_never_meet_within_a_second() {
+        let anchor =
+            crate::schedule::Anchor::at(Instant::now(), Duration::from_secs(1_700_000_000));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for ordinal in 0..3 {
+            let slots = Arc::new(ListSlots::new(
+                crate::shard::Shard { ordinal, total: 3 },
+                anchor,
+            ));
+            tasks.push(tokio::spawn(async move {
+                let mut times = Vec::new();
+                for _ in 0..5 {
+                    slots.acquire().await;
+                    times.push(Instant::now());
+                }
+                times
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            let times = t.await.unwrap();
+            for w in times.windows(2) {
+                assert!(
+                    w[1] - w[0] >= LIST_SLOT * 3 - LIST_SLOT_GRACE,
+                    "{:?}",
+                    w[1] - w[0]
+                );
+            }
+            all.extend(times);
+        }
+        all.sort();
+        assert_eq!(all.len(), 15);
+        for w in all.windows(2) {
+            assert!(
+                w[1] - w[0] >= LIST_SLOT - LIST_SLOT_GRACE,
+                "two shards listed {:?} apart",
+                w[1] - w[0]
+            );
+        }
+        assert!(all[14] - start <= LIST_SLOT * 16, "the slots are used");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_list_slot_missed_by_more_than_the_grace_waits_for_the_next() {
+        let anchor =
+            crate::schedule::Anchor::at(Instant::now(), Duration::from_secs(1_700_000_000));
+        let slots = ListSlots::new(
+            crate::shard::Shard {
+                ordinal: 0,
+                total: 2,
+            },
+            anchor,
+        );
+        slots.acquire().await;
+        let first = Instant::now();
+        // 100 ms after our next slot began: past its grace.
+        tokio::time::advance(LIST_SLOT * 2 + Duration::from_millis(100)).await;
+        slots.acquire().await;
+        let waited = Instant::now() - first;
+        assert!(
+            waited >= LIST_SLOT * 4 - Duration::from_millis(1),
+            "{waited:?}"
         );
     }
 }

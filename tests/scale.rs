@@ -716,7 +716,9 @@ async fn apps_are_isolated_from_each_others_failures() {
     let rate = capped.len() as f64 / elapsed;
     assert!(
         (2.5..=3.0 + 1.0 / elapsed).contains(&rate),
-        "capped app: {rate}/s"
+        "capped app: {rate}/s; {:?}; log:\n{}",
+        other.fake.counts().apps.get(&CAPPED),
+        exporter.logs()
     );
     assert!(max_per_second(&capped) <= 3);
 
