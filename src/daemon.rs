@@ -64,6 +64,9 @@ pub struct Daemon {
     anchor: Anchor,
     /// The store generation last written to the state file, plus one (0: never written).
     written_generation: AtomicU64,
+    /// Reload requests so far, and the last reload: the count it covered and its result.
+    reload_requests: AtomicU64,
+    last_reload: tokio::sync::Mutex<Option<(u64, Result<(), String>)>>,
 }
 
 fn unix_now() -> f64 {
@@ -155,10 +158,33 @@ impl Daemon {
         }
     }
 
-    /// Re-reads the config and applies it; a bad config keeps the old one running.
+    /// Re-reads the config and applies it; a bad config keeps the old one running. Requests
+    /// that arrive while a reload runs are merged into the next one (SPEC "Reload"): each
+    /// waits its turn, and is answered by the first reload that started after it arrived.
     pub async fn reload(self: &Arc<Self>) -> Result<(), String> {
+        let asked = self.reload_requests.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut last = self.last_reload.lock().await;
+        if let Some((covered, result)) = &*last
+            && *covered >= asked
+        {
+            return result.clone();
+        }
+        let covers = self.reload_requests.load(Ordering::Acquire);
+        let result = self.reload_now().await;
+        *last = Some((covers, result.clone()));
+        result
+    }
+
+    async fn reload_now(self: &Arc<Self>) -> Result<(), String> {
         let loaded = match &self.source {
-            ConfigSource::File(path) => config::load(path).map_err(|e| e.to_string()),
+            // On the blocking pool: a config on a hung mount must not stall the poll thread.
+            ConfigSource::File(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || config::load(&path))
+                    .await
+                    .map_err(|e| format!("reading the config failed: {e}"))
+                    .and_then(|loaded| loaded.map_err(|e| e.to_string()))
+            }
             ConfigSource::Fixed(config) => Ok(config::Loaded {
                 config: (**config).clone(),
                 warnings: Vec::new(),
@@ -306,6 +332,8 @@ pub async fn run(
         stopping: trigger.clone(),
         anchor: Anchor::now(),
         written_generation: AtomicU64::new(0),
+        reload_requests: AtomicU64::new(0),
+        last_reload: tokio::sync::Mutex::new(None),
     });
     daemon.apply(options.config).await;
     metrics.set_config_reload(true, unix_now());
