@@ -532,8 +532,8 @@ const ERROR_CASES: &[Case] = &[
     (
         "refresh_interval too short",
         "",
-        &[("discover", Some("{refresh_interval: 30s}"))],
-        "apps[0].discover.refresh_interval: must be at least 1m, got 30s",
+        &[("discover", Some("{refresh_interval: 500ms}"))],
+        "apps[0].discover.refresh_interval: must be at least 1s, got 500ms",
     ),
     (
         "unknown discover key",
@@ -776,6 +776,23 @@ fn discover_alone_and_its_defaults() {
         let discover = app.discover.as_ref().expect("discover is set");
         assert!(discover.group_types.is_empty());
         assert_eq!(discover.refresh_interval, config::DEFAULT_DISCOVER_REFRESH);
+    }
+}
+
+#[test]
+fn discover_refresh_interval_may_be_as_short_as_1s() {
+    for (value, secs) in [("1s", 1), ("5s", 5), ("30s", 30)] {
+        let yaml = one_app(
+            "",
+            &[("discover", Some(&format!("{{refresh_interval: {value}}}")))],
+        );
+        let loaded = parse(&yaml).unwrap_or_else(|e| panic!("{value}: {e}"));
+        let discover = loaded.config.apps[0].discover.as_ref().expect("discover");
+        assert_eq!(
+            discover.refresh_interval,
+            Duration::from_secs(secs),
+            "{value}"
+        );
     }
 }
 
