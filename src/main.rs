@@ -99,36 +99,20 @@ enum Fatal {
 }
 
 fn shard_from(flags: &Flags) -> Result<Shard, Fatal> {
-    if flags.total_shards == 0 {
-        return Err(Fatal::Usage("--total-shards must be at least 1".into()));
-    }
-    let ordinal = if flags.shard_from_hostname {
-        let host = std::env::var("HOSTNAME")
-            .ok()
-            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-            .unwrap_or_default();
-        let host = host.trim();
-        host.rsplit('-')
-            .next()
-            .and_then(|n| n.parse::<u32>().ok())
-            .ok_or_else(|| {
-                Fatal::Usage(format!(
-                    "--shard.from-hostname: host name {host:?} does not end in -<ordinal>"
-                ))
-            })?
+    let shard = if flags.shard_from_hostname {
+        Shard::from_hostname(&host_name(), flags.total_shards)
     } else {
-        flags.shard
+        Shard::new(flags.shard, flags.total_shards)
     };
-    if ordinal >= flags.total_shards {
-        return Err(Fatal::Usage(format!(
-            "shard {ordinal} is out of range for --total-shards {}",
-            flags.total_shards
-        )));
-    }
-    Ok(Shard {
-        ordinal,
-        total: flags.total_shards,
-    })
+    shard.map_err(|e| Fatal::Usage(e.to_string()))
+}
+
+/// `$HOSTNAME`, else `/etc/hostname`, else nothing (which no shard can be taken from).
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_default()
 }
 
 /// `:9877` → every interface; `host:port` resolved.

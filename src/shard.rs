@@ -2,6 +2,9 @@
 //! kube-state-metrics does. Both functions are a few lines and the exact variants matter for
 //! cross-replica agreement, so they are written out here rather than pulled from crates whose
 //! variant might differ.
+//!
+//! Also this replica's own [`Shard`], from `--shard`/`--total-shards` or, for a StatefulSet,
+//! from the ordinal at the end of its host name (`--shard.from-hostname`).
 
 /// FNV-1a, 64-bit.
 pub fn fnv1a64(data: &[u8]) -> u64 {
@@ -45,7 +48,47 @@ impl Default for Shard {
     }
 }
 
+/// Why the flags name no valid shard. The messages name the flags: they are shown as a bad
+/// command line (exit 64).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    #[error("--total-shards must be at least 1")]
+    NoShards,
+    #[error("--shard.from-hostname: host name {0:?} does not end in -<ordinal>")]
+    NoOrdinal(String),
+    #[error("shard {ordinal} is out of range for --total-shards {total}")]
+    OutOfRange { ordinal: u32, total: u32 },
+}
+
 impl Shard {
+    /// Shard `ordinal` of `total` (`--shard N --total-shards M`): `total` at least 1 and
+    /// `ordinal` below it.
+    pub fn new(ordinal: u32, total: u32) -> Result<Shard, ShardError> {
+        if total == 0 {
+            return Err(ShardError::NoShards);
+        }
+        if ordinal >= total {
+            return Err(ShardError::OutOfRange { ordinal, total });
+        }
+        Ok(Shard { ordinal, total })
+    }
+
+    /// `--shard.from-hostname`: the ordinal is the number after the last `-` of `host` (a
+    /// StatefulSet pod `timattr-exporter-2` is shard 2). Surrounding whitespace (the newline of
+    /// `/etc/hostname`) is ignored.
+    pub fn from_hostname(host: &str, total: u32) -> Result<Shard, ShardError> {
+        if total == 0 {
+            return Err(ShardError::NoShards);
+        }
+        let host = host.trim();
+        let ordinal = host
+            .rsplit('-')
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+            .ok_or_else(|| ShardError::NoOrdinal(host.to_owned()))?;
+        Shard::new(ordinal, total)
+    }
+
     pub fn owns(&self, group_id: &str) -> bool {
         self.total <= 1 || shard_of(group_id, self.total) == self.ordinal
     }
@@ -71,6 +114,86 @@ mod tests {
         assert_eq!(jump_hash(1, 2), 0);
         assert_eq!(jump_hash(10, 2), 1);
         assert_eq!(jump_hash(0xdeadbeef, 2), 1);
+    }
+
+    #[test]
+    fn shard_from_flags() {
+        assert_eq!(Shard::new(0, 1), Ok(Shard::default()));
+        assert_eq!(
+            Shard::new(2, 3),
+            Ok(Shard {
+                ordinal: 2,
+                total: 3
+            })
+        );
+        assert_eq!(
+            Shard::new(3, 3),
+            Err(ShardError::OutOfRange {
+                ordinal: 3,
+                total: 3
+            })
+        );
+        assert_eq!(Shard::new(0, 0), Err(ShardError::NoShards));
+        assert_eq!(
+            Shard::new(3, 3).map_err(|e| e.to_string()),
+            Err("shard 3 is out of range for --total-shards 3".to_owned())
+        );
+        assert_eq!(
+            Shard::new(0, 0).map_err(|e| e.to_string()),
+            Err("--total-shards must be at least 1".to_owned())
+        );
+    }
+
+    #[test]
+    fn shard_from_hostname() {
+        assert_eq!(
+            Shard::from_hostname("timattr-exporter-2", 3),
+            Ok(Shard {
+                ordinal: 2,
+                total: 3
+            })
+        );
+        assert_eq!(
+            Shard::from_hostname("timattr-exporter-0\n", 1),
+            Ok(Shard::default()),
+            "/etc/hostname ends with a newline"
+        );
+        for host in [
+            "timattr-exporter",
+            "timattr-exporter-",
+            "exporter2",
+            "",
+            "  ",
+        ] {
+            assert_eq!(
+                Shard::from_hostname(host, 3),
+                Err(ShardError::NoOrdinal(host.trim().to_owned())),
+                "{host:?}"
+            );
+        }
+        assert_eq!(
+            Shard::from_hostname("timattr-exporter", 3).map_err(|e| e.to_string()),
+            Err(
+                "--shard.from-hostname: host name \"timattr-exporter\" does not end in -<ordinal>"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            Shard::from_hostname("timattr-exporter-3", 3),
+            Err(ShardError::OutOfRange {
+                ordinal: 3,
+                total: 3
+            })
+        );
+        // No shards at all is the first thing wrong, whatever the host name.
+        assert_eq!(
+            Shard::from_hostname("timattr-exporter-0", 0),
+            Err(ShardError::NoShards)
+        );
+        assert_eq!(
+            Shard::from_hostname("timattr-exporter", 0),
+            Err(ShardError::NoShards)
+        );
     }
 
     #[test]
