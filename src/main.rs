@@ -228,7 +228,8 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
 
     let (trigger, stop) = shutdown::channel();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
-    spawn_signal_handler(trigger, reload_tx)?;
+    shutdown::spawn_signal_handler(trigger, reload_tx)
+        .map_err(|e| Fatal::Other(format!("cannot install signal handlers: {e}")))?;
     let options = Options {
         source,
         config,
@@ -244,32 +245,6 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
     drop(demo_server);
     result.map_err(|e| Fatal::Other(format!("HTTP server failed: {e}")))?;
     info!("stopped");
-    Ok(())
-}
-
-/// SIGTERM and SIGINT stop the daemon; SIGHUP reloads the config.
-fn spawn_signal_handler(
-    trigger: shutdown::Trigger,
-    reloads: tokio::sync::mpsc::Sender<()>,
-) -> Result<(), Fatal> {
-    use futures::StreamExt;
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook_tokio::Signals::new([SIGHUP, SIGINT, SIGTERM])
-        .map_err(|e| Fatal::Other(format!("cannot install signal handlers: {e}")))?;
-    tokio::spawn(async move {
-        while let Some(signal) = signals.next().await {
-            match signal {
-                SIGHUP => {
-                    info!("SIGHUP: reloading the config");
-                    let _ = reloads.try_send(());
-                }
-                _ => {
-                    info!(signal, "stopping");
-                    trigger.fire();
-                }
-            }
-        }
-    });
     Ok(())
 }
 
