@@ -3,7 +3,6 @@
 //! command line or config, 1 for any other fatal error.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -13,7 +12,7 @@ use tracing::{error, info, warn};
 
 use timattr_exporter::config::{self, Config};
 use timattr_exporter::daemon::{self, ConfigSource, Options};
-use timattr_exporter::http::ServerOptions;
+use timattr_exporter::http::{self, ServerOptions};
 use timattr_exporter::logging::{self, LogFormat, LogLevel};
 use timattr_exporter::metrics::BuildInfo;
 use timattr_exporter::shard::Shard;
@@ -115,20 +114,6 @@ fn host_name() -> String {
         .unwrap_or_default()
 }
 
-/// `:9877` → every interface; `host:port` resolved.
-async fn resolve_listen(addr: &str) -> Result<SocketAddr, Fatal> {
-    let full = if addr.starts_with(':') {
-        format!("0.0.0.0{addr}")
-    } else {
-        addr.to_owned()
-    };
-    tokio::net::lookup_host(&full)
-        .await
-        .ok()
-        .and_then(|mut it| it.next())
-        .ok_or_else(|| Fatal::Usage(format!("--web.listen-address {addr:?} is not host:port")))
-}
-
 fn build_info() -> BuildInfo {
     BuildInfo {
         version: timattr_exporter::VERSION,
@@ -203,7 +188,9 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
         (ConfigSource::File(flags.config_file.clone()), loaded.config)
     };
 
-    let addr = resolve_listen(&flags.listen_address).await?;
+    let addr = http::resolve_listen_address(&flags.listen_address)
+        .await
+        .map_err(|e| Fatal::Usage(format!("--web.listen-address {e}")))?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Fatal::Other(format!("cannot listen on {addr}: {e}")))?;
