@@ -10,7 +10,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
-use timattr_exporter::config::{self, Config};
+use timattr_exporter::config;
 use timattr_exporter::daemon::{self, ConfigSource, Options};
 use timattr_exporter::http::{self, ServerOptions};
 use timattr_exporter::logging::{self, LogFormat, LogLevel};
@@ -171,7 +171,7 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
         let server = fake::Fake::start(fake::demo_scenario())
             .await
             .map_err(|e| Fatal::Other(format!("cannot start the demo API: {e}")))?;
-        let config = demo_config(&server.base_url())?;
+        let config = fake::demo_config(&server.base_url());
         info!(api = %server.base_url(), "demo: simulated Tencent Chat API started");
         demo_server = Some(server);
         (ConfigSource::Fixed(Box::new(config.clone())), config)
@@ -233,22 +233,4 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
     result.map_err(|e| Fatal::Other(format!("HTTP server failed: {e}")))?;
     info!("stopped");
     Ok(())
-}
-
-/// The demo's config: the fake API's sample app, polled every 10 s so changes show quickly.
-fn demo_config(base_url: &url::Url) -> Result<Config, Fatal> {
-    let groups: String = fake::demo_group_ids()
-        .iter()
-        .map(|id| format!("      - {}\n", serde_json::Value::String(id.clone())))
-        .collect();
-    let yaml = format!(
-        "poll_interval: 10s\nvalue_hashes: per_key\napps:\n  - sdkappid: {app}\n    endpoint: {endpoint}\n    identifier: {ident}\n    secret_key: {key}\n    usersig_ttl: 1h\n    rate_limit: 50\n    timeout: 2s\n    groups:\n{groups}",
-        app = fake::DEMO_SDKAPPID,
-        endpoint = serde_json::Value::String(base_url.to_string()),
-        ident = serde_json::Value::String(fake::DEMO_IDENTIFIER.to_owned()),
-        key = serde_json::Value::String(fake::DEMO_SECRET_KEY.to_owned()),
-    );
-    config::parse(&yaml, &|_| None, std::path::Path::new("."))
-        .map(|l| l.config)
-        .map_err(|e| Fatal::Other(format!("demo config is invalid (a bug): {e}")))
 }

@@ -1,6 +1,6 @@
 //! The real binary against the fake API: startup log, metrics after polls, change counting,
 //! deleted (10010) and unreadable (10007) groups, reload by signal and by HTTP, SIGTERM, exit
-//! codes, `--config.check` and `--web.listen-address=:PORT`.
+//! codes, `--config.check`, `--web.listen-address=:PORT` and `--demo`.
 
 mod common;
 
@@ -336,6 +336,29 @@ async fn colon_port_listens_on_every_interface() {
         .expect("served on loopback")
         .status();
     assert_eq!(status, 200);
+    exporter.signal("TERM");
+    assert_eq!(exporter.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+/// `--demo` needs no config: it polls the built-in fake's sample groups (SPEC "Command line").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_polls_the_sample_groups_without_a_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let absent = format!("--config.file={}", dir.path().join("none.yml").display());
+    let mut exporter = start_with_args(&["--demo", &absent, "--web.listen-address=127.0.0.1:0"]);
+    let groups = timattr_exporter::fake::demo_group_ids().len() as f64;
+    let startup = exporter.logs();
+    assert!(startup.contains("apps=1"), "{startup}");
+    assert!(startup.contains(&format!("groups={groups}")), "{startup}");
+    let url = exporter.url("/metrics");
+    eventually(WAIT, || async {
+        let t = scrape(&url).await;
+        (value(&t, "timattr_groups", &[]) == Some(groups)
+            && value(&t, "timattr_group_up", &[("group_id", "@TGS#demo_lobby")]) == Some(1.0))
+        .then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("demo groups polled: {}", exporter.logs()));
     exporter.signal("TERM");
     assert_eq!(exporter.wait_exit(Duration::from_secs(10)), Some(0));
 }
