@@ -30,7 +30,8 @@ const DOOMED: &str = "@TGS#demo_doomed";
 const COMMUNITY: &str = "@TGS#demo_community";
 const FLAKY: &str = "@TGS#demo_flaky";
 const SLOW: &str = "@TGS#demo_slow";
-/// 50 bytes: over the 48 a group ID may have, so the API answers 10015.
+/// Not a valid group ID (it has spaces), so the API answers 10015; within 48 bytes, so the
+/// config accepts it.
 const INVALID: &str = "@TGS#demo invalid id";
 
 /// How often the demo config polls each group: short, so changes show quickly.
