@@ -20,7 +20,7 @@ use crate::config::{self, Config};
 use crate::http::{self, ServerOptions};
 use crate::metrics::Metrics;
 use crate::schedule::Anchor;
-use crate::shard::Shard;
+use crate::shard::{Shard, shard_rate};
 use crate::shutdown::{self, Shutdown, Trigger};
 use crate::state::{self, Store};
 
@@ -237,31 +237,6 @@ impl Daemon {
     }
 }
 
-/// Extra spacing for replicas sharing a quota. One process sends in order through one limiter;
-/// independent replicas do not, and their requests meet at the API with the sum of their
-/// jitters. The quota benchmark (BENCHMARKS.md, W2) saw 201-203 requests in a second at the fake
-/// with 2 and 4 shards without it, and 199 with it.
-pub const SHARD_JITTER_MARGIN: f64 = 1.01;
-
-/// This replica's part of an app's `rate_limit`: `rate_limit / total_shards` (SPEC "Sharding"),
-/// rounded down to whole requests a second and stretched by [`SHARD_JITTER_MARGIN`] when there
-/// are several shards.
-///
-/// Each shard's limiter spaces its requests evenly, and a limiter at `r`/s fits
-/// `1 + r / JITTER_MARGIN` requests (rounded down) into a one-second window: at a whole `k`/s that
-/// is `k`, but at 20/3 = 6.67/s it is 7, and three shards, independent of one another, could
-/// send 21 in one second against a quota of 20. Whole shares sum to at most `rate_limit`.
-/// Below one request a second per shard no split can hold the quota (each shard may send one
-/// request in any second); the share is kept as it is and [`Daemon::apply`] warns.
-pub fn shard_rate(rate_limit: f64, total_shards: u32) -> f64 {
-    let share = rate_limit / f64::from(total_shards.max(1));
-    if total_shards > 1 && share >= 1.0 {
-        share.floor() / SHARD_JITTER_MARGIN
-    } else {
-        share
-    }
-}
-
 fn settings_only(config: &Config) -> Config {
     Config {
         poll_interval: config.poll_interval,
@@ -399,81 +374,4 @@ pub async fn run(
         let _ = tokio::task::spawn_blocking(move || d.write_state()).await;
     }
     server.await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ratelimit::RateLimiter;
-    use tokio::task::JoinSet;
-    use tokio::time::Instant;
-
-    /// Requests times of `total` shards' limiters, all started at once (the worst alignment:
-    /// every limiter's densest second begins at the same instant), `per_shard` each.
-    async fn shard_request_times(rate_limit: f64, total: u32, per_shard: usize) -> Vec<Duration> {
-        let start = Instant::now();
-        let mut tasks = JoinSet::new();
-        for _ in 0..total {
-            let limiter = RateLimiter::new(shard_rate(rate_limit, total));
-            tasks.spawn(async move {
-                let mut times = Vec::with_capacity(per_shard);
-                for _ in 0..per_shard {
-                    limiter.acquire().await;
-                    times.push(Instant::now() - start);
-                }
-                times
-            });
-        }
-        let mut all = Vec::new();
-        while let Some(times) = tasks.join_next().await {
-            all.extend(times.expect("no panic"));
-        }
-        all.sort_unstable();
-        all
-    }
-
-    fn max_in_one_second(sorted: &[Duration]) -> usize {
-        let mut lo = 0;
-        let mut best = 0;
-        for hi in 0..sorted.len() {
-            while sorted[hi] - sorted[lo] >= Duration::from_secs(1) {
-                lo += 1;
-            }
-            best = best.max(hi - lo + 1);
-        }
-        best
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn shards_together_never_exceed_the_apps_quota() {
-        // 20/3 = 6.67/s per shard would let each shard send 7 in a second: 21 in all.
-        for (rate_limit, total) in [
-            (20.0, 3),
-            (10.0, 3),
-            (100.0, 3),
-            (200.0, 7),
-            (7.0, 2),
-            (200.0, 2),
-            (200.0, 4),
-        ] {
-            let times = shard_request_times(rate_limit, total, 40).await;
-            let peak = max_in_one_second(&times);
-            assert!(
-                peak as f64 <= rate_limit,
-                "{total} shards of {rate_limit}/s: {peak} in one second"
-            );
-            // The shares use the quota but for less than one request a second per shard.
-            assert!(
-                shard_rate(rate_limit, total) * f64::from(total) > rate_limit - f64::from(total)
-            );
-        }
-    }
-
-    #[test]
-    fn one_shard_keeps_the_whole_rate_limit() {
-        assert_eq!(shard_rate(2.5, 1), 2.5);
-        assert_eq!(shard_rate(100.0, 1), 100.0);
-        assert_eq!(shard_rate(0.5, 2), 0.25);
-        assert_eq!(shard_rate(100.0, 3), 33.0 / SHARD_JITTER_MARGIN);
-    }
 }

@@ -159,7 +159,7 @@ mod tests {
 
     fn app(yaml_groups: &str, discover: bool) -> AppConfig {
         let discover = if discover {
-            "    discover: {refresh_interval: 10m}\n"
+            "    discover: {refresh_interval: 5s}\n"
         } else {
             ""
         };

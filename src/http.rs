@@ -88,6 +88,29 @@ impl Default for ServerOptions {
     }
 }
 
+/// A listen address that is neither `host:port` nor `:port`, or names a host that does not
+/// resolve. The caller adds the flag it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not host:port")]
+pub struct ListenAddressError(pub String);
+
+/// The socket address a listen address (`--web.listen-address`) names, as Go exporters spell
+/// them: `:9877` is port 9877 on every IPv4 interface (`0.0.0.0:9877`); anything else is
+/// `host:port`, resolved, and its first address taken. Not yet the IPv6 half of SPEC's
+/// "every interface, IPv4 and IPv6 alike": that dual-stack bind is a change of its own.
+pub async fn resolve_listen_address(addr: &str) -> Result<SocketAddr, ListenAddressError> {
+    let full = if addr.starts_with(':') {
+        format!("0.0.0.0{addr}")
+    } else {
+        addr.to_owned()
+    };
+    tokio::net::lookup_host(&full)
+        .await
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| ListenAddressError(addr.to_owned()))
+}
+
 /// State shared by every connection.
 struct Shared {
     options: ServerOptions,
@@ -734,6 +757,34 @@ mod tests {
         assert!(!ae("gzip;q=0, *"), "an explicit gzip entry wins over *");
         assert!(ae("gzip;q=1, *;q=0"));
         assert!(!ae("gzip;q=bogus"));
+    }
+
+    #[tokio::test]
+    async fn listen_addresses() {
+        let resolved = |addr: &'static str| async move {
+            resolve_listen_address(addr)
+                .await
+                .unwrap_or_else(|e| panic!("{addr}: {e}"))
+                .to_string()
+        };
+        assert_eq!(resolved(":9877").await, "0.0.0.0:9877");
+        assert_eq!(resolved(":0").await, "0.0.0.0:0");
+        assert_eq!(resolved("127.0.0.1:9877").await, "127.0.0.1:9877");
+        assert_eq!(resolved("0.0.0.0:80").await, "0.0.0.0:80");
+        assert_eq!(resolved("[::1]:9877").await, "[::1]:9877");
+        assert_eq!(resolved("[::]:9877").await, "[::]:9877");
+        // No host names among them: a lookup's answer depends on the machine's resolver.
+        for bad in ["", "9877", ":", ":port", ":99999", "127.0.0.1", "[::1]"] {
+            assert_eq!(
+                resolve_listen_address(bad).await,
+                Err(ListenAddressError(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            ListenAddressError(":x".into()).to_string(),
+            "\":x\" is not host:port"
+        );
     }
 
     #[tokio::test(start_paused = true)]

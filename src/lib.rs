@@ -2,6 +2,7 @@
 //!
 //! The binary (`src/main.rs`) only parses flags and wires these modules together:
 //! - [`config`]: the YAML config, parsed strictly and validated once into typed values.
+//! - [`duration`]: the one Prometheus duration parser, for the config and the web config.
 //! - [`secret`], [`usersig`]: the SecretKey newtype and TLSSigAPIv2 UserSigs.
 //! - [`error_code`]: what each upstream `ErrorCode` means.
 //! - [`client`], [`ratelimit`]: the Tencent Chat REST client, its retry policy and quota.
@@ -18,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod discovery;
+pub mod duration;
 pub mod error_code;
 pub mod fake;
 pub mod http;

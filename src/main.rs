@@ -3,7 +3,6 @@
 //! command line or config, 1 for any other fatal error.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,9 +10,9 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
-use timattr_exporter::config::{self, Config};
+use timattr_exporter::config;
 use timattr_exporter::daemon::{self, ConfigSource, Options};
-use timattr_exporter::http::ServerOptions;
+use timattr_exporter::http::{self, ServerOptions};
 use timattr_exporter::logging::{self, LogFormat, LogLevel};
 use timattr_exporter::metrics::BuildInfo;
 use timattr_exporter::shard::Shard;
@@ -99,50 +98,20 @@ enum Fatal {
 }
 
 fn shard_from(flags: &Flags) -> Result<Shard, Fatal> {
-    if flags.total_shards == 0 {
-        return Err(Fatal::Usage("--total-shards must be at least 1".into()));
-    }
-    let ordinal = if flags.shard_from_hostname {
-        let host = std::env::var("HOSTNAME")
-            .ok()
-            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-            .unwrap_or_default();
-        let host = host.trim();
-        host.rsplit('-')
-            .next()
-            .and_then(|n| n.parse::<u32>().ok())
-            .ok_or_else(|| {
-                Fatal::Usage(format!(
-                    "--shard.from-hostname: host name {host:?} does not end in -<ordinal>"
-                ))
-            })?
+    let shard = if flags.shard_from_hostname {
+        Shard::from_hostname(&host_name(), flags.total_shards)
     } else {
-        flags.shard
+        Shard::new(flags.shard, flags.total_shards)
     };
-    if ordinal >= flags.total_shards {
-        return Err(Fatal::Usage(format!(
-            "shard {ordinal} is out of range for --total-shards {}",
-            flags.total_shards
-        )));
-    }
-    Ok(Shard {
-        ordinal,
-        total: flags.total_shards,
-    })
+    shard.map_err(|e| Fatal::Usage(e.to_string()))
 }
 
-/// `:9877` → every interface; `host:port` resolved.
-async fn resolve_listen(addr: &str) -> Result<SocketAddr, Fatal> {
-    let full = if addr.starts_with(':') {
-        format!("0.0.0.0{addr}")
-    } else {
-        addr.to_owned()
-    };
-    tokio::net::lookup_host(&full)
-        .await
+/// `$HOSTNAME`, else `/etc/hostname`, else nothing (which no shard can be taken from).
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
         .ok()
-        .and_then(|mut it| it.next())
-        .ok_or_else(|| Fatal::Usage(format!("--web.listen-address {addr:?} is not host:port")))
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_default()
 }
 
 fn build_info() -> BuildInfo {
@@ -202,7 +171,7 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
         let server = fake::Fake::start(fake::demo_scenario())
             .await
             .map_err(|e| Fatal::Other(format!("cannot start the demo API: {e}")))?;
-        let config = demo_config(&server.base_url())?;
+        let config = fake::demo_config(&server.base_url());
         info!(api = %server.base_url(), "demo: simulated Tencent Chat API started");
         demo_server = Some(server);
         (ConfigSource::Fixed(Box::new(config.clone())), config)
@@ -219,7 +188,9 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
         (ConfigSource::File(flags.config_file.clone()), loaded.config)
     };
 
-    let addr = resolve_listen(&flags.listen_address).await?;
+    let addr = http::resolve_listen_address(&flags.listen_address)
+        .await
+        .map_err(|e| Fatal::Usage(format!("--web.listen-address {e}")))?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Fatal::Other(format!("cannot listen on {addr}: {e}")))?;
@@ -244,7 +215,8 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
 
     let (trigger, stop) = shutdown::channel();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
-    spawn_signal_handler(trigger, reload_tx)?;
+    shutdown::spawn_signal_handler(trigger, reload_tx)
+        .map_err(|e| Fatal::Other(format!("cannot install signal handlers: {e}")))?;
     let options = Options {
         source,
         config,
@@ -261,48 +233,4 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
     result.map_err(|e| Fatal::Other(format!("HTTP server failed: {e}")))?;
     info!("stopped");
     Ok(())
-}
-
-/// SIGTERM and SIGINT stop the daemon; SIGHUP reloads the config.
-fn spawn_signal_handler(
-    trigger: shutdown::Trigger,
-    reloads: tokio::sync::mpsc::Sender<()>,
-) -> Result<(), Fatal> {
-    use futures::StreamExt;
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook_tokio::Signals::new([SIGHUP, SIGINT, SIGTERM])
-        .map_err(|e| Fatal::Other(format!("cannot install signal handlers: {e}")))?;
-    tokio::spawn(async move {
-        while let Some(signal) = signals.next().await {
-            match signal {
-                SIGHUP => {
-                    info!("SIGHUP: reloading the config");
-                    let _ = reloads.try_send(());
-                }
-                _ => {
-                    info!(signal, "stopping");
-                    trigger.fire();
-                }
-            }
-        }
-    });
-    Ok(())
-}
-
-/// The demo's config: the fake API's sample app, polled every 10 s so changes show quickly.
-fn demo_config(base_url: &url::Url) -> Result<Config, Fatal> {
-    let groups: String = fake::demo_group_ids()
-        .iter()
-        .map(|id| format!("      - {}\n", serde_json::Value::String(id.clone())))
-        .collect();
-    let yaml = format!(
-        "poll_interval: 10s\nvalue_hashes: per_key\napps:\n  - sdkappid: {app}\n    endpoint: {endpoint}\n    identifier: {ident}\n    secret_key: {key}\n    usersig_ttl: 1h\n    rate_limit: 50\n    timeout: 2s\n    groups:\n{groups}",
-        app = fake::DEMO_SDKAPPID,
-        endpoint = serde_json::Value::String(base_url.to_string()),
-        ident = serde_json::Value::String(fake::DEMO_IDENTIFIER.to_owned()),
-        key = serde_json::Value::String(fake::DEMO_SECRET_KEY.to_owned()),
-    );
-    config::parse(&yaml, &|_| None, std::path::Path::new("."))
-        .map(|l| l.config)
-        .map_err(|e| Fatal::Other(format!("demo config is invalid (a bug): {e}")))
 }

@@ -42,6 +42,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::duration;
+
 /// How many successful basic-auth checks are remembered. A handful of scrapers and users need a
 /// few entries; the bound keeps a flood of distinct valid logins from growing memory.
 const AUTH_CACHE_CAPACITY: usize = 1024;
@@ -740,12 +742,10 @@ fn lower(name: &'static str) -> &'static str {
 fn build_rate_limit(raw: RawRateLimit, problems: &mut Vec<String>) -> Option<RateLimit> {
     let interval = match raw.interval.as_deref() {
         None => Duration::ZERO,
-        Some(s) => match parse_duration(s) {
-            Some(d) => d,
-            None => {
-                problems.push(format!(
-                    "rate_limit.interval: {s:?} is not a duration like 100ms, 1s or 1m"
-                ));
+        Some(s) => match duration::parse(s) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("rate_limit.interval: {e}"));
                 return None;
             }
         },
@@ -759,40 +759,6 @@ fn build_rate_limit(raw: RawRateLimit, problems: &mut Vec<String>) -> Option<Rat
         return None;
     }
     Some(RateLimit { interval, burst })
-}
-
-/// A Prometheus duration (`1h30m`, `500ms`, `0`).
-fn parse_duration(s: &str) -> Option<Duration> {
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut rest = s;
-    let mut total = Duration::ZERO;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
-        let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(1),
-            "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            "h" => Duration::from_secs(3600),
-            "d" => Duration::from_secs(86_400),
-            "w" => Duration::from_secs(7 * 86_400),
-            "y" => Duration::from_secs(365 * 86_400),
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-        total = total.checked_add(unit.checked_mul(u32::try_from(n).ok()?)?)?;
-    }
-    Some(total)
 }
 
 /// Checks basic-auth credentials against a config's users, the way exporter-toolkit does:
@@ -899,16 +865,6 @@ mod tests {
     fn dummy_hash_is_a_valid_bcrypt_hash() {
         assert!(DUMMY_HASH.parse::<bcrypt::HashParts>().is_ok());
         assert_eq!(bcrypt::verify("", DUMMY_HASH).ok(), Some(false));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
-        assert_eq!(parse_duration("100ms"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration(""), None);
-        assert_eq!(parse_duration("5"), None);
-        assert_eq!(parse_duration("1x"), None);
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The real binary against the fake API: startup log, metrics after polls, change counting,
 //! deleted (10010) and unreadable (10007) groups, reload by signal and by HTTP, SIGTERM, exit
-//! codes and `--config.check`.
+//! codes, `--config.check`, `--web.listen-address=:PORT` and `--demo`.
 
 mod common;
 
 use common::*;
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use timattr_exporter::fake::GroupType;
 
@@ -279,4 +281,84 @@ fn config_check_prints_the_result_without_secrets() {
         stdout.contains("poll_interval") && stdout.contains("apps"),
         "all errors at once: {stdout}"
     );
+}
+
+/// The binary with exactly `args` (no `--web.listen-address` added, unlike [`Exporter::start`]),
+/// once its startup line is logged; `addr` is the address it logged it listens on.
+fn start_with_args(args: &[&str]) -> Exporter {
+    let mut child = Command::new(exporter_bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("exporter starts");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().expect("stderr piped");
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let mut exporter = Exporter {
+        child,
+        addr: String::new(),
+        log,
+    };
+    let line = exporter
+        .wait_for_log("timattr_exporter starting", WAIT)
+        .unwrap_or_else(|| panic!("no startup line: {}", exporter.logs()));
+    exporter.addr = line
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("listen_address="))
+        .expect("listen_address in the startup line")
+        .trim_matches('"')
+        .to_owned();
+    exporter
+}
+
+/// `--web.listen-address=:PORT` listens on every interface, as Go exporters do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colon_port_listens_on_every_interface() {
+    let server = fake_with_app().await;
+    group(&server, "@TGS#a", &[("k", "v")]);
+    let cfg = ConfigDir::new(server.base_url().as_str(), &["@TGS#a"], "");
+    let config_flag = format!("--config.file={}", cfg.path().display());
+    let mut exporter = start_with_args(&[&config_flag, "--web.listen-address=:0"]);
+    let port = exporter
+        .addr
+        .strip_prefix("0.0.0.0:")
+        .unwrap_or_else(|| panic!("not every interface: {}", exporter.addr))
+        .to_owned();
+    exporter.addr = format!("127.0.0.1:{port}");
+    let status = reqwest::get(exporter.url("/-/healthy"))
+        .await
+        .expect("served on loopback")
+        .status();
+    assert_eq!(status, 200);
+    exporter.signal("TERM");
+    assert_eq!(exporter.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+/// `--demo` needs no config: it polls the built-in fake's sample groups (SPEC "Command line").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_polls_the_sample_groups_without_a_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let absent = format!("--config.file={}", dir.path().join("none.yml").display());
+    let mut exporter = start_with_args(&["--demo", &absent, "--web.listen-address=127.0.0.1:0"]);
+    let groups = timattr_exporter::fake::demo_group_ids().len() as f64;
+    let startup = exporter.logs();
+    assert!(startup.contains("apps=1"), "{startup}");
+    assert!(startup.contains(&format!("groups={groups}")), "{startup}");
+    let url = exporter.url("/metrics");
+    eventually(WAIT, || async {
+        let t = scrape(&url).await;
+        (value(&t, "timattr_groups", &[]) == Some(groups)
+            && value(&t, "timattr_group_up", &[("group_id", "@TGS#demo_lobby")]) == Some(1.0))
+        .then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("demo groups polled: {}", exporter.logs()));
+    exporter.signal("TERM");
+    assert_eq!(exporter.wait_exit(Duration::from_secs(10)), Some(0));
 }

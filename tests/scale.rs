@@ -8,10 +8,9 @@
 //! - 1, 2 and 3 shards (real binaries, one of them placed by `--shard.from-hostname`) poll
 //!   every group exactly once between them and keep the app's total rate within its quota.
 //!
-//! Most tests run the real binary. The discovery-dynamics test runs [`daemon::run`] in process
-//! so it can shorten `discover.refresh_interval` below the 1-minute minimum that config
-//! validation enforces; tokio's paused clock is no use here because the requests cross real
-//! sockets (timeouts would fire at once as the clock auto-advances).
+//! Most tests run the real binary. The discovery-dynamics test runs [`daemon::run`] in process;
+//! tokio's paused clock is no use here because the requests cross real sockets (timeouts would
+//! fire at once as the clock auto-advances).
 
 mod common;
 

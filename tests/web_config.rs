@@ -174,7 +174,15 @@ fn bad_files_are_reported_clearly() {
         (
             "bad rate limit",
             "rate_limit:\n  interval: soon\n  burst: 1\n".into(),
-            &["rate_limit.interval: \"soon\" is not a duration"],
+            &["rate_limit.interval: invalid duration \"soon\": expected a whole number and a unit"],
+        ),
+        (
+            // The config file's rule, as in Prometheus: units largest first, each once.
+            "rate limit interval with units out of order",
+            "rate_limit:\n  interval: 1m1h\n  burst: 1\n".into(),
+            &[
+                "rate_limit.interval: invalid duration \"1m1h\": units must go from largest to smallest",
+            ],
         ),
         (
             "rate limit without burst",

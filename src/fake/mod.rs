@@ -69,7 +69,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use demo::{DEMO_IDENTIFIER, DEMO_SDKAPPID, DEMO_SECRET_KEY, demo_group_ids, demo_scenario};
+pub use demo::{
+    DEMO_IDENTIFIER, DEMO_POLL_INTERVAL, DEMO_SDKAPPID, DEMO_SECRET_KEY, demo_config,
+    demo_group_ids, demo_scenario,
+};
 pub use fault::{Fault, FaultTarget, HANG_MAX};
 pub use model::{
     AppSpec, GroupType, MAX_GROUP_ID_BYTES, MAX_KEY_BYTES, MAX_KEYS, MAX_LIST_LIMIT,

@@ -188,19 +188,7 @@ impl fmt::Display for ScenarioError {
 }
 
 /// Scenario durations are the exporter's own Prometheus-style durations.
-pub use crate::config::parse_duration;
-
-/// Formats a duration the way [`parse_duration`] reads it.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        "0".to_owned()
-    } else if ms % 1000 != 0 {
-        format!("{ms}ms")
-    } else {
-        format!("{}s", ms / 1000)
-    }
-}
+pub use crate::duration::{format as format_duration, parse as parse_duration};
 
 /// Serde for `Duration` fields written as Prometheus-style strings.
 pub mod duration_serde {
@@ -866,7 +854,7 @@ mod tests {
         for bad in ["", "30", "s", "1m1h", "1.5s", "-1s", "1 s", "10x"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1s500ms");
         assert_eq!(format_duration(Duration::from_secs(30)), "30s");
     }
 
