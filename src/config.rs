@@ -25,9 +25,6 @@ use crate::region::Region;
 use crate::secret::SecretKey;
 use crate::state::ValueHashes;
 
-/// The old name of [`duration::parse`], kept only because `fake::scenario` still imports it
-/// from here; new code uses [`crate::duration`].
-
 /// How often each group is polled unless it says otherwise (`poll_interval`).
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
 /// `usersig_ttl`: Tencent recommends at least 24 h; the exporter renews well before expiry.
