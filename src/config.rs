@@ -91,6 +91,9 @@ const APP_KEYS: &[&str] = &[
     "secret_key_file",
     "secret_key_env",
     "secret_key",
+    "callback_token_file",
+    "callback_token_env",
+    "callback_token",
     "usersig_ttl",
     "rate_limit",
     "max_concurrency",
@@ -127,6 +130,10 @@ pub struct AppConfig {
     pub secret_key: SecretKey,
     /// Where the key came from, for `--config.check`; never the key itself.
     pub secret_source: SecretSource,
+    /// The token `Sign` of this app's callbacks is checked against; without one, its callbacks
+    /// are accepted unsigned (SPEC "Callbacks").
+    pub callback_token: Option<SecretKey>,
+    pub callback_token_source: Option<SecretSource>,
     /// The UserSig's `TLS.expire`; whole seconds.
     pub usersig_ttl: Duration,
     /// Requests per second to this app, retries included, shared by all shards.
@@ -662,7 +669,8 @@ impl Walk<'_> {
             Some(v) => self.name(&f.path_of("identifier"), v),
         };
 
-        let secret = self.secret(&f);
+        let secret = self.secret(&f, "secret_key", true);
+        let callback_token = self.secret(&f, "callback_token", false);
 
         let usersig_ttl = self.usersig_ttl(&f);
 
@@ -759,7 +767,8 @@ impl Walk<'_> {
         }
 
         // Every field has been checked (and its problems reported) before any `?` here.
-        let (secret_key, secret_source) = secret?;
+        let (secret_key, secret_source) = secret??;
+        let (callback_token, callback_token_source) = callback_token?.unzip();
         Some(AppConfig {
             sdkappid: sdkappid?,
             region: region?,
@@ -767,6 +776,8 @@ impl Walk<'_> {
             identifier: identifier?,
             secret_key,
             secret_source,
+            callback_token,
+            callback_token_source,
             usersig_ttl: usersig_ttl?,
             rate_limit: rate_limit?,
             max_concurrency: max_concurrency?,
@@ -864,15 +875,24 @@ impl Walk<'_> {
         }
     }
 
-    /// Exactly one of `secret_key_file`, `secret_key_env`, `secret_key`, read and checked.
-    fn secret(&mut self, f: &Fields<'_>) -> Option<(SecretKey, SecretSource)> {
-        const KEYS: [&str; 3] = ["secret_key_file", "secret_key_env", "secret_key"];
-        let set: Vec<&str> = KEYS.into_iter().filter(|k| f.has(k)).collect();
+    /// Exactly one of `<name>_file`, `<name>_env`, `<name>`, read and checked: `Some(None)` when
+    /// none is set and the secret is optional. The value of a `_file` or `_env` field is never
+    /// echoed in a problem: a secret pasted there instead of a path or a name would be.
+    fn secret(
+        &mut self,
+        f: &Fields<'_>,
+        name: &str,
+        required: bool,
+    ) -> Option<Option<(SecretKey, SecretSource)>> {
+        let (file_key, env_key) = (format!("{name}_file"), format!("{name}_env"));
+        let keys = [file_key.as_str(), env_key.as_str(), name];
+        let set: Vec<&str> = keys.into_iter().filter(|k| f.has(k)).collect();
         let which = match set.as_slice() {
+            [] if !required => return Some(None),
             [] => {
                 self.error(
                     &f.path,
-                    "set exactly one of secret_key_file, secret_key_env, secret_key: none is set",
+                    format!("set exactly one of {}: none is set", keys.join(", ")),
                 );
                 return None;
             }
@@ -881,7 +901,8 @@ impl Walk<'_> {
                 self.error(
                     &f.path,
                     format!(
-                        "set exactly one of secret_key_file, secret_key_env, secret_key, not {}",
+                        "set exactly one of {}, not {}",
+                        keys.join(", "),
                         several.join(" and ")
                     ),
                 );
@@ -890,69 +911,63 @@ impl Walk<'_> {
         };
         let p = f.path_of(which);
         let v = f.get(which).expect("`which` was found among the keys set");
-        match which {
-            "secret_key_file" => {
-                let path = self.base_dir.join(self.name(&p, v)?);
-                match read_secret_file(&path) {
-                    Ok((key, mode)) => {
-                        self.secrets.push(key.expose().to_owned());
-                        if mode & 0o077 != 0 {
-                            self.warn(
-                                &p,
-                                format!(
-                                    "{} is readable by group or others (mode {:04o}); chmod 600 it",
-                                    path.display(),
-                                    mode & 0o7777
-                                ),
-                            );
-                        }
-                        Some((key, SecretSource::File(path)))
+        let read = if which == file_key {
+            let path = self.base_dir.join(self.name(&p, v)?);
+            match read_secret_file(&path) {
+                Ok((key, mode)) => {
+                    self.secrets.push(key.expose().to_owned());
+                    if mode & 0o077 != 0 {
+                        self.warn(
+                            &p,
+                            format!(
+                                "{} is readable by group or others (mode {:04o}); chmod 600 it",
+                                path.display(),
+                                mode & 0o7777
+                            ),
+                        );
                     }
-                    Err(e) => {
-                        self.error(&p, e);
-                        None
-                    }
+                    Some((key, SecretSource::File(path)))
+                }
+                Err(e) => {
+                    self.error(&p, e);
+                    None
                 }
             }
-            "secret_key_env" => {
-                let name = self.name(&p, v)?;
-                if name.contains(['=', '\0']) {
-                    self.error(
-                        &p,
-                        format!("{name:?} is not a valid environment variable name"),
-                    );
-                    return None;
+        } else if which == env_key {
+            let var = self.name(&p, v)?;
+            if var.contains(['=', '\0']) {
+                self.error(&p, "is not a valid environment variable name");
+                return None;
+            }
+            match (self.env)(&var) {
+                None => {
+                    self.error(&p, "the environment variable it names is not set");
+                    None
                 }
-                match (self.env)(&name) {
-                    None => {
-                        self.error(&p, format!("environment variable {name} is not set"));
-                        None
+                Some(raw) => {
+                    self.secrets.push(raw.clone());
+                    let key = SecretKey::new(raw);
+                    if key.is_empty() {
+                        self.error(&p, "the environment variable it names is empty");
+                        return None;
                     }
-                    Some(raw) => {
-                        self.secrets.push(raw.clone());
-                        let key = SecretKey::new(raw);
-                        if key.is_empty() {
-                            self.error(&p, format!("environment variable {name} is empty"));
-                            return None;
-                        }
-                        Some((key, SecretSource::Env(name)))
-                    }
+                    Some((key, SecretSource::Env(var)))
                 }
             }
-            _ => {
-                let Value::String(raw) = v else {
-                    self.error(&p, format!("must be a string, not {}", kind(v)));
-                    return None;
-                };
-                self.secrets.push(raw.clone());
-                let key = SecretKey::new(raw.as_str());
-                if key.is_empty() {
-                    self.error(&p, "must not be empty");
-                    return None;
-                }
-                Some((key, SecretSource::Inline))
+        } else {
+            let Value::String(raw) = v else {
+                self.error(&p, format!("must be a string, not {}", kind(v)));
+                return None;
+            };
+            self.secrets.push(raw.clone());
+            let key = SecretKey::new(raw.as_str());
+            if key.is_empty() {
+                self.error(&p, "must not be empty");
+                return None;
             }
-        }
+            Some((key, SecretSource::Inline))
+        };
+        read.map(Some)
     }
 
     fn usersig_ttl(&mut self, f: &Fields<'_>) -> Option<Duration> {
@@ -1185,28 +1200,28 @@ fn normalise_group_type(s: &str) -> Option<&'static str> {
 
 /// Reads a secret file, refusing anything that cannot be a key, and returns the key and the
 /// file's permission bits. Errors name the file, never its content.
+/// Reads a secret file. Problems do not name the path: a secret pasted into the `_file` field
+/// would be echoed.
 fn read_secret_file(path: &Path) -> Result<(SecretKey, u32), String> {
-    let shown = path.display();
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let cannot = |e: std::io::Error| format!("cannot read the file it names: {e}");
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
     if !meta.is_file() {
-        return Err(format!("{shown} is not a regular file"));
+        return Err("the file it names is not a regular file".into());
     }
     let mut raw = Vec::new();
     file.take(MAX_SECRET_FILE_BYTES + 1)
         .read_to_end(&mut raw)
-        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+        .map_err(cannot)?;
     if raw.len() as u64 > MAX_SECRET_FILE_BYTES {
         return Err(format!(
-            "{shown} is larger than {MAX_SECRET_FILE_BYTES} bytes: not a SecretKey file"
+            "the file it names is larger than {MAX_SECRET_FILE_BYTES} bytes: not a secret file"
         ));
     }
-    let text = String::from_utf8(raw).map_err(|_| format!("{shown} is not UTF-8 text"))?;
+    let text = String::from_utf8(raw).map_err(|_| "the file it names is not UTF-8 text")?;
     let key = SecretKey::new(text);
     if key.is_empty() {
-        return Err(format!("{shown} is empty"));
+        return Err("the file it names is empty".into());
     }
     Ok((key, file_mode(&meta)))
 }
@@ -1334,6 +1349,9 @@ impl Config {
             }
             out.push_str(&format!("  identifier: {}\n", app.identifier));
             out.push_str(&format!("  secret_key: from {}\n", app.secret_source));
+            if let Some(source) = &app.callback_token_source {
+                out.push_str(&format!("  callback_token: from {source}\n"));
+            }
             out.push_str(&format!(
                 "  usersig_ttl: {}, rate_limit: {}/s, max_concurrency: {}, timeout: {}\n",
                 duration::format(app.usersig_ttl),

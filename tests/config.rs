@@ -308,25 +308,25 @@ const ERROR_CASES: &[Case] = &[
         "unset environment variable",
         "",
         &[("secret_key", None), ("secret_key_env", Some("TIM_UNSET"))],
-        "apps[0].secret_key_env: environment variable TIM_UNSET is not set",
+        "apps[0].secret_key_env: the environment variable it names is not set",
     ),
     (
         "empty environment variable",
         "",
         &[("secret_key", None), ("secret_key_env", Some("TIM_EMPTY"))],
-        "apps[0].secret_key_env: environment variable TIM_EMPTY is empty",
+        "apps[0].secret_key_env: the environment variable it names is empty",
     ),
     (
         "blank environment variable",
         "",
         &[("secret_key", None), ("secret_key_env", Some("TIM_BLANK"))],
-        "apps[0].secret_key_env: environment variable TIM_BLANK is empty",
+        "apps[0].secret_key_env: the environment variable it names is empty",
     ),
     (
         "invalid environment variable name",
         "",
         &[("secret_key", None), ("secret_key_env", Some("\"A=B\""))],
-        "apps[0].secret_key_env: \"A=B\" is not a valid environment variable name",
+        "apps[0].secret_key_env: is not a valid environment variable name",
     ),
     (
         "empty inline key",
@@ -547,7 +547,8 @@ const ERROR_CASES: &[Case] = &[
         &[("secrt_key_file", Some("/run/secrets/x"))],
         "apps[0].secrt_key_file: unknown key; did you mean secret_key_file? allowed here: \
          sdkappid, region, endpoint, allow_insecure_http, identifier, secret_key_file, \
-         secret_key_env, secret_key, usersig_ttl, rate_limit, max_concurrency, timeout, groups, \
+         secret_key_env, secret_key, callback_token_file, callback_token_env, callback_token, usersig_ttl, \
+         rate_limit, max_concurrency, timeout, groups, \
          discover",
     ),
 ];
@@ -632,7 +633,7 @@ poll_interval: must be at least 1s, got 0s
 value_hashes: must be one of per_key, per_group, off
 apps[0].sdkappid: must be a positive integer, like 1400000000
 apps[0].region: unknown region \"mars\": one of china, singapore, seoul, frankfurt, silicon_valley, jakarta
-apps[0].secret_key_env: environment variable TIM_UNSET is not set
+apps[0].secret_key_env: the environment variable it names is not set
 apps[0].rate_limit: must be at least 0.001 requests per second
 apps[0].timeout: must be a duration with a unit, like 60s or 1m30s, not a bare number
 apps[0].groups[1]: duplicate group ID \"@TGS#a\" (also apps[0].groups[0])
@@ -915,32 +916,30 @@ fn secret_files() {
     };
     expect_error(
         "missing",
-        format!(
-            "apps[0].secret_key_file: cannot read {shown}/missing: No such file or directory (os \
-             error 2)"
-        ),
+        "apps[0].secret_key_file: cannot read the file it names: No such file or directory (os \
+         error 2)"
+            .to_owned(),
     );
     write_secret(dir.path(), "empty", b" \n", 0o600);
     expect_error(
         "empty",
-        format!("apps[0].secret_key_file: {shown}/empty is empty"),
+        "apps[0].secret_key_file: the file it names is empty".to_owned(),
     );
     write_secret(dir.path(), "big", &[b'a'; 5000], 0o600);
     expect_error(
         "big",
-        format!(
-            "apps[0].secret_key_file: {shown}/big is larger than 4096 bytes: not a SecretKey file"
-        ),
+        "apps[0].secret_key_file: the file it names is larger than 4096 bytes: not a secret file"
+            .to_owned(),
     );
     write_secret(dir.path(), "binary", &[0xff, 0xfe, b'a'], 0o600);
     expect_error(
         "binary",
-        format!("apps[0].secret_key_file: {shown}/binary is not UTF-8 text"),
+        "apps[0].secret_key_file: the file it names is not UTF-8 text".to_owned(),
     );
     std::fs::create_dir(dir.path().join("subdir")).expect("mkdir");
     expect_error(
         "subdir",
-        format!("apps[0].secret_key_file: {shown}/subdir is not a regular file"),
+        "apps[0].secret_key_file: the file it names is not a regular file".to_owned(),
     );
 }
 
@@ -1196,4 +1195,71 @@ fn a_secret_echoed_by_another_field_is_redacted() {
         text.contains("apps[0].usersig_ttl: invalid duration \"<redacted>\""),
         "{text}"
     );
+}
+
+/// Callback tokens are handled like the secret key: exactly one source, trimmed, a warning for
+/// a world-readable file, and never echoed, not even when pasted where a path or a name goes.
+#[cfg(unix)]
+#[test]
+fn callback_tokens_are_secrets() {
+    const TOKEN: &str = "cb-T0KEN-9f8e7d6c5b4a3928";
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_secret(dir.path(), "token", format!("{TOKEN}\n").as_bytes(), 0o644);
+    let parse_in =
+        |changes: &[(&str, Option<&str>)]| config::parse(&one_app("", changes), &env, dir.path());
+
+    let loaded = parse_in(&[("callback_token_file", Some("token"))]).expect("valid");
+    let app = &loaded.config.apps[0];
+    assert_eq!(
+        app.callback_token.as_ref().map(|t| t.expose()),
+        Some(TOKEN),
+        "trimmed"
+    );
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(loaded.warnings[0].contains("readable by group or others"));
+    assert!(!loaded.config.summary().contains(TOKEN));
+    assert!(
+        loaded
+            .config
+            .summary()
+            .contains("callback_token: from file")
+    );
+    assert!(!format!("{:?}", loaded.config).contains(TOKEN));
+
+    let inline = format!("\"{TOKEN}\"");
+    let both = parse_in(&[
+        ("callback_token", Some(inline.as_str())),
+        ("callback_token_env", Some("TIM_SECRET_KEY")),
+    ])
+    .expect_err("two sources");
+    let text = format!("{both} {both:?}");
+    assert!(
+        text.contains(
+            "set exactly one of callback_token_file, callback_token_env, callback_token, not \
+             callback_token_env and callback_token"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains(TOKEN), "{text}");
+
+    // A token pasted into the fields that name a file or a variable.
+    for field in [
+        "callback_token_file",
+        "callback_token_env",
+        "secret_key_file",
+        "secret_key_env",
+    ] {
+        let mut changes = vec![(field, Some(TOKEN))];
+        if field.starts_with("secret_key") {
+            changes.push(("secret_key", None));
+        }
+        let err = parse_in(&changes).expect_err("no such file or variable");
+        let text = format!("{err} {err:?}");
+        assert!(text.contains(&format!("apps[0].{field}")), "{text}");
+        assert!(!text.contains(TOKEN), "{field} echoed its value: {text}");
+    }
+
+    // Without a token the app has none (its callbacks are accepted unsigned).
+    let loaded = parse_in(&[]).expect("valid");
+    assert!(loaded.config.apps[0].callback_token.is_none());
 }

@@ -163,6 +163,8 @@ pub fn demo_config(base_url: &Url) -> Config {
             identifier: DEMO_IDENTIFIER.to_owned(),
             secret_key: SecretKey::new(DEMO_SECRET_KEY),
             secret_source: SecretSource::Inline,
+            callback_token: None,
+            callback_token_source: None,
             usersig_ttl: DEMO_USERSIG_TTL,
             rate_limit: DEMO_RATE_LIMIT,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
