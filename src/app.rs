@@ -33,7 +33,7 @@ use crate::discovery::{self, Backoff, Lists};
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::ratelimit::{ListSlots, RateLimiter, Slot};
-use crate::schedule::{Anchor, Scheduler};
+use crate::schedule::{Anchor, Scheduler, Urgent};
 use crate::shard::Shard;
 use crate::shutdown::Shutdown;
 use crate::state::{Seeds, Store};
@@ -41,17 +41,45 @@ use crate::state::{Seeds, Store};
 /// How long in-flight requests may take to finish at shutdown before they are abandoned.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// What reaches an app's owner. The push path adds its callbacks here.
+/// What reaches an app's owner.
 #[derive(Debug)]
 pub enum Message {
     /// The app's config after a (re)load.
     Configure(Box<Plan>),
+    /// A checked callback ([`crate::callback`]).
+    Pushed(Pushed),
     /// A listing ended; results of a listing the owner has since cancelled are ignored.
     Discovered {
         listing: u64,
         listed: Outcome<Vec<String>>,
     },
     Stop(Stop),
+}
+
+/// What a callback tells the owner; nothing of its body beyond the group is trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    /// `Group.CallbackAfterGroupAttrChanged`: poll the group now.
+    Changed(String),
+    /// `Group.CallbackAfterGroupDestroyed`: poll it now, to see the 10010.
+    Destroyed(String),
+    /// `Group.CallbackAfterCreateGroup`: a discovered app adds it (type and shard permitting)
+    /// and polls it now.
+    Created {
+        group_id: String,
+        group_type: Option<String>,
+    },
+}
+
+/// Where callbacks for one app go; cheap to clone, never blocks.
+#[derive(Debug, Clone)]
+pub struct Mailbox(mpsc::UnboundedSender<Message>);
+
+impl Mailbox {
+    pub fn push(&self, pushed: Pushed) {
+        // A stopped owner: its app was removed, or the exporter stops; nothing to do.
+        let _ = self.0.send(Message::Pushed(pushed));
+    }
 }
 
 /// Why an owner stops.
@@ -91,6 +119,10 @@ pub struct Handle {
 }
 
 impl Handle {
+    pub fn mailbox(&self) -> Mailbox {
+        Mailbox(self.tx.clone())
+    }
+
     pub fn configure(&self, plan: Plan) {
         let _ = self.tx.send(Message::Configure(Box::new(plan)));
     }
@@ -127,7 +159,10 @@ pub fn start(plan: Plan, shared: Shared) -> Result<Handle, ClientError> {
         listing: None,
         next_listing: None,
         listings: 0,
+        listing_started: None,
         backoff: Backoff::default(),
+        urgent: Urgent::default(),
+        last_was_urgent: false,
     };
     owner.configure(plan, true);
     let task = tokio::spawn(owner.run());
@@ -156,7 +191,13 @@ struct Owner {
     next_listing: Option<Instant>,
     /// Numbers the listings, so a cancelled one's result is recognised and ignored.
     listings: u64,
+    /// When the running listing started: groups created by callbacks before it are in it.
+    listing_started: Option<Instant>,
     backoff: Backoff,
+    /// Groups callbacks made due now.
+    urgent: Urgent,
+    /// Whether the last dispatch served `urgent`: when both are waiting they take turns.
+    last_was_urgent: bool,
 }
 
 impl Owner {
@@ -167,6 +208,8 @@ impl Owner {
             let full = self.inflight.len() >= self.settings.max_concurrency.max(1);
             let next_due = if full {
                 None
+            } else if !self.urgent.is_empty() {
+                Some(Instant::now())
             } else {
                 self.scheduler.next_due()
             };
@@ -181,6 +224,9 @@ impl Owner {
                 },
                 Some(ended) = self.inflight.join_next_with_id(), if full => self.ended(ended),
                 () = sleep_until_opt(self.next_listing) => self.start_listing(),
+                () = sleep_until_opt(self.urgent.next_deferred()) => {
+                    self.urgent.release(Instant::now());
+                }
                 slot = async {
                     match next_due {
                         None => std::future::pending().await,
@@ -198,6 +244,7 @@ impl Owner {
         match message {
             Message::Configure(plan) => self.configure(*plan, false),
             Message::Discovered { listing, listed } => self.discovered(listing, listed),
+            Message::Pushed(pushed) => self.pushed(pushed),
             Message::Stop(_) => unreachable!("run handles Stop"),
         }
     }
@@ -222,14 +269,28 @@ impl Owner {
         self.polling.remove(&id);
     }
 
-    /// Sends the oldest due group's poll with the slot just taken.
+    /// Sends a poll with the slot just taken: a group a callback made due, or the oldest due
+    /// one of the schedule. When both wait they take turns, so under an exhausted quota each
+    /// gets half of it and neither starves.
     fn dispatch(&mut self, slot: Slot) {
         let now = Instant::now();
-        let Some((group_id, due)) = self.scheduler.pop_due(now) else {
-            return;
+        let regular_due = self.scheduler.next_due().is_some_and(|due| due <= now);
+        let take_urgent = !self.urgent.is_empty() && !(regular_due && self.last_was_urgent);
+        let group_id = if take_urgent {
+            self.last_was_urgent = true;
+            match self.urgent.pop(now) {
+                Some(id) => id,
+                None => return,
+            }
+        } else {
+            self.last_was_urgent = false;
+            let Some((id, due)) = self.scheduler.pop_due(now) else {
+                return;
+            };
+            self.poll_lag
+                .set(now.saturating_duration_since(due).as_secs_f64());
+            id
         };
-        self.poll_lag
-            .set(now.saturating_duration_since(due).as_secs_f64());
         let client = Arc::clone(&self.client);
         let store = Arc::clone(&self.shared.store);
         let sdkappid = self.sdkappid;
@@ -238,6 +299,50 @@ impl Owner {
             poll(sdkappid, &client, &store, &id, slot).await;
         });
         self.polling.insert(abort.id(), (group_id, abort));
+    }
+
+    fn pushed(&mut self, pushed: Pushed) {
+        let now = Instant::now();
+        let (group_id, created_type) = match pushed {
+            Pushed::Changed(id) | Pushed::Destroyed(id) => (id, None),
+            Pushed::Created {
+                group_id,
+                group_type,
+            } => (group_id, Some(group_type)),
+        };
+        if !self.scheduler.contains(&group_id) {
+            let Some(group_type) = created_type else {
+                debug!(
+                    sdkappid = self.sdkappid,
+                    group_id, "callback for a group not polled here; ignored"
+                );
+                return;
+            };
+            let Some(discover) = &self.settings.discover else {
+                return;
+            };
+            let type_passes = discover.group_types.is_empty()
+                || group_type
+                    .as_deref()
+                    .is_some_and(|t| discover.group_types.iter().any(|want| want == t));
+            if !type_passes || !self.shared.shard.owns(&group_id) {
+                debug!(
+                    sdkappid = self.sdkappid,
+                    group_id, "created group not polled here (type or shard)"
+                );
+                return;
+            }
+            let Some(spec) = self.lists.add_created(&group_id, now) else {
+                return;
+            };
+            self.scheduler.insert(&spec, now);
+            self.shared.store.add_assigned(self.sdkappid, &spec.id);
+            info!(
+                sdkappid = self.sdkappid,
+                group_id, "group created; polling it"
+            );
+        }
+        self.urgent.push(Arc::from(group_id.as_str()), now);
     }
 
     /// Applies the app's (re)loaded config. `first` is the owner's start.
@@ -310,8 +415,9 @@ impl Owner {
         self.shared
             .store
             .set_assigned(self.sdkappid, merged.iter().map(|g| &*g.id), seeds);
+        let wanted: HashSet<&str> = merged.iter().map(|g| &*g.id).collect();
+        self.urgent.retain(|id| wanted.contains(id));
         if !self.polling.is_empty() {
-            let wanted: HashSet<&str> = merged.iter().map(|g| &*g.id).collect();
             self.polling.retain(|_, (group, abort)| {
                 let keep = wanted.contains(&**group);
                 if !keep {
@@ -343,6 +449,7 @@ impl Owner {
             return;
         };
         self.listings += 1;
+        self.listing_started = Some(Instant::now());
         let listing = self.listings;
         let client = Arc::clone(&self.client);
         let types = discover.group_types.clone();
@@ -375,7 +482,10 @@ impl Owner {
         match listed {
             Outcome::Ok(ids) => {
                 let found = ids.len();
-                self.lists.set_discovered(ids);
+                self.lists.set_discovered(
+                    ids,
+                    self.listing_started.take().unwrap_or_else(Instant::now),
+                );
                 info!(
                     sdkappid = self.sdkappid,
                     discovered = found,

@@ -16,10 +16,12 @@ use tokio::net::TcpListener;
 use tracing::{debug, error, info, warn};
 
 use crate::app::{self, Plan, Stop};
+use crate::callback::{Inbox, Receiver};
 use crate::config::{self, Config};
 use crate::http::{self, ServerOptions};
 use crate::metrics::Metrics;
 use crate::schedule::Anchor;
+use crate::secret::SecretKey;
 use crate::shard::{Shard, shard_rate};
 use crate::shutdown::{self, Shutdown, Trigger};
 use crate::state::{self, Store};
@@ -46,6 +48,8 @@ pub struct Options {
     pub build: crate::metrics::BuildInfo,
     /// One message per reload request (SIGHUP); `POST /-/reload` goes through the server.
     pub reloads: tokio::sync::mpsc::Receiver<()>,
+    /// `--callback.listen-address`, bound: where Tencent's webhooks arrive (SPEC "Callbacks").
+    pub callbacks: Option<TcpListener>,
 }
 
 /// The daemon's shared core, handed to the HTTP server as its [`http::Service`].
@@ -64,6 +68,10 @@ pub struct Daemon {
     anchor: Anchor,
     /// The store generation last written to the state file, plus one (0: never written).
     written_generation: AtomicU64,
+    /// The callbacks endpoint's view of the apps, updated by every apply.
+    callbacks: Arc<Receiver>,
+    /// Whether callbacks are received at all (a startup warning for apps without a token).
+    callbacks_on: bool,
     /// Reload requests so far, and the last reload: the count it covered and its result.
     reload_requests: AtomicU64,
     last_reload: tokio::sync::Mutex<Option<(u64, Result<(), String>)>>,
@@ -119,6 +127,11 @@ impl Daemon {
             info!(sdkappid, "app removed from the config; its series are gone");
         }
         let default_interval = config.poll_interval;
+        let tokens: HashMap<u64, Option<SecretKey>> = config
+            .apps
+            .iter()
+            .map(|a| (a.sdkappid, a.callback_token.clone()))
+            .collect();
         for app in config.apps {
             if app.rate_limit < f64::from(self.shard.total) && self.shard.total > 1 {
                 warn!(
@@ -146,6 +159,21 @@ impl Daemon {
                 },
             }
         }
+        let inboxes = apps
+            .iter()
+            .map(|(&sdkappid, owner)| {
+                let token = tokens.get(&sdkappid).cloned().flatten();
+                if self.callbacks_on && token.is_none() {
+                    warn!(
+                        sdkappid,
+                        "no callback_token: this app's callbacks are accepted unsigned"
+                    );
+                }
+                let mailbox = owner.mailbox();
+                (sdkappid, Inbox { token, mailbox })
+            })
+            .collect();
+        self.callbacks.set_apps(inboxes);
     }
 
     fn shared(&self) -> app::Shared {
@@ -307,6 +335,8 @@ pub async fn run(
         stopping: trigger.clone(),
         anchor: Anchor::now(),
         written_generation: AtomicU64::new(0),
+        callbacks: Arc::new(Receiver::new(metrics.callback_observer())),
+        callbacks_on: options.callbacks.is_some(),
         reload_requests: AtomicU64::new(0),
         last_reload: tokio::sync::Mutex::new(None),
     });
@@ -320,7 +350,21 @@ pub async fn run(
             runtime: tokio::runtime::Handle::current(),
         });
         let stop = trigger.subscribe().done();
-        http::serve_on_own_thread(listener, options.server, service, stop)?
+        http::serve_on_own_thread(listener, options.server.clone(), service, stop)?
+    };
+    let callbacks = match options.callbacks {
+        None => None,
+        Some(listener) => {
+            let service: Arc<dyn http::CallbackService> = Arc::clone(&daemon.callbacks) as _;
+            let stop = trigger.subscribe().done();
+            // The metrics listener's web config gives it TLS; basic auth never applies to it.
+            Some(http::serve_on_own_thread(
+                listener,
+                options.server.clone(),
+                service,
+                stop,
+            )?)
+        }
     };
     let writer = {
         let daemon = Arc::clone(&daemon);
@@ -372,6 +416,9 @@ pub async fn run(
     {
         let d = Arc::clone(&daemon);
         let _ = tokio::task::spawn_blocking(move || d.write_state()).await;
+    }
+    if let Some(callbacks) = callbacks {
+        callbacks.await?;
     }
     server.await
 }

@@ -14,6 +14,7 @@ use crate::config::AppConfig;
 use crate::outcome::Outcome;
 use crate::schedule::GroupSpec;
 use crate::shard::Shard;
+use tokio::time::Instant;
 
 /// After a failed listing the next try comes this much later, doubling with each further
 /// failure, never later than the refresh interval: an exporter started during a short API
@@ -83,6 +84,9 @@ pub struct Lists {
     discovered: Option<Vec<Arc<str>>>,
     /// Whether the app has `discover`.
     discovering: bool,
+    /// Groups create callbacks added since, with when: kept until a listing that started
+    /// after them answers (it lists them, or they are gone).
+    created: Vec<(Arc<str>, Instant)>,
 }
 
 impl Lists {
@@ -93,6 +97,7 @@ impl Lists {
             configured: Vec::new(),
             discovered: None,
             discovering: false,
+            created: Vec::new(),
         }
     }
 
@@ -112,11 +117,13 @@ impl Lists {
         self.discovering = app.discover.is_some();
         if !self.discovering {
             self.discovered = None;
+            self.created.clear();
         }
     }
 
-    /// Takes a successful listing.
-    pub fn set_discovered(&mut self, ids: Vec<String>) {
+    /// Takes a successful listing that started at `started`.
+    pub fn set_discovered(&mut self, ids: Vec<String>, started: Instant) {
+        self.created.retain(|(_, at)| *at > started);
         let shard = self.shard;
         self.discovered = Some(
             ids.into_iter()
@@ -124,6 +131,26 @@ impl Lists {
                 .map(Arc::from)
                 .collect(),
         );
+    }
+
+    /// Adds a group a create callback announced (its type and shard already checked), as a
+    /// listing would; `None` when it is listed already.
+    pub fn add_created(&mut self, id: &str, now: Instant) -> Option<GroupSpec> {
+        let known = self.configured.iter().any(|g| &*g.id == id)
+            || self.created.iter().any(|(g, _)| &**g == id)
+            || self
+                .discovered
+                .as_ref()
+                .is_some_and(|d| d.binary_search_by(|g| (**g).cmp(id)).is_ok());
+        if known {
+            return None;
+        }
+        let id: Arc<str> = Arc::from(id);
+        self.created.push((Arc::clone(&id), now));
+        Some(GroupSpec {
+            id,
+            interval: self.default_interval,
+        })
     }
 
     /// Whether the list is complete: the app has no `discover`, or a listing has answered.
@@ -141,7 +168,8 @@ impl Lists {
     pub fn merged(&self) -> Vec<GroupSpec> {
         let mut seen: BTreeSet<&str> = self.configured.iter().map(|g| g.id.as_ref()).collect();
         let mut all = self.configured.clone();
-        for id in self.discovered.iter().flatten() {
+        let created = self.created.iter().map(|(id, _)| id);
+        for id in self.discovered.iter().flatten().chain(created) {
             if seen.insert(id.as_ref()) {
                 all.push(GroupSpec {
                     id: Arc::clone(id),
@@ -187,7 +215,10 @@ mod tests {
         let mut lists = Lists::new(Shard::default());
         lists.configure(&app, Duration::from_secs(60));
         assert!(!lists.complete(), "discovery has not answered");
-        lists.set_discovered(vec!["@TGS#found".to_owned(), "@TGS#static".to_owned()]);
+        lists.set_discovered(
+            vec!["@TGS#found".to_owned(), "@TGS#static".to_owned()],
+            Instant::now(),
+        );
         assert!(lists.complete());
         assert_eq!(
             lists.merged().len(),
@@ -214,7 +245,7 @@ mod tests {
     fn removing_discover_forgets_the_discovered_groups() {
         let mut lists = Lists::new(Shard::default());
         lists.configure(&app("[\"@TGS#static\"]", true), Duration::from_secs(60));
-        lists.set_discovered(vec!["@TGS#found".to_owned()]);
+        lists.set_discovered(vec!["@TGS#found".to_owned()], Instant::now());
         lists.configure(&app("[\"@TGS#static\"]", false), Duration::from_secs(60));
         assert!(lists.complete());
         assert_eq!(lists.merged().len(), 1);
@@ -230,7 +261,7 @@ mod tests {
         let ids: Vec<String> = (0..300).map(|i| format!("@TGS#{i}")).collect();
         let mut lists = Lists::new(shard);
         lists.configure(&app("[]", true), Duration::from_secs(60));
-        lists.set_discovered(ids.clone());
+        lists.set_discovered(ids.clone(), Instant::now());
         let expected = ids.iter().filter(|id| shard.owns(id)).count();
         assert!(expected > 50 && expected < 150, "{expected}");
         assert_eq!(lists.merged().len(), expected);

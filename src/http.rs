@@ -43,6 +43,40 @@ pub trait Service: Send + Sync + 'static {
     fn reload(&self) -> BoxFuture<'static, Result<(), String>>;
 }
 
+/// What the callbacks listener serves ([`crate::callback`] implements it): `POST /callback`
+/// only, without basic auth (Tencent sends no credentials; `Sign` is the authentication).
+pub trait CallbackService: Send + Sync + 'static {
+    /// One callback: its query string and whole body (at most [`MAX_CALLBACK_BODY`]). Returns
+    /// the status and the body to answer.
+    fn callback(&self, query: &str, body: &[u8]) -> (StatusCode, &'static str);
+    /// A body over [`MAX_CALLBACK_BODY`], refused with 413 without being read.
+    fn too_large(&self);
+}
+
+/// The largest callback body read (SPEC: over 1 MiB is 413).
+pub const MAX_CALLBACK_BODY: usize = crate::callback::MAX_BODY_BYTES;
+
+/// Which endpoints a listener serves.
+#[derive(Clone)]
+pub enum Site {
+    /// `/metrics`, the health and reload endpoints and the landing page.
+    Exporter(Arc<dyn Service>),
+    /// `/callback` alone, on a listener of its own.
+    Callbacks(Arc<dyn CallbackService>),
+}
+
+impl From<Arc<dyn Service>> for Site {
+    fn from(service: Arc<dyn Service>) -> Site {
+        Site::Exporter(service)
+    }
+}
+
+impl From<Arc<dyn CallbackService>> for Site {
+    fn from(service: Arc<dyn CallbackService>) -> Site {
+        Site::Callbacks(service)
+    }
+}
+
 /// The `/metrics` Content-Type: Prometheus text format 0.0.4.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -114,7 +148,7 @@ pub async fn resolve_listen_address(addr: &str) -> Result<SocketAddr, ListenAddr
 /// State shared by every connection.
 struct Shared {
     options: ServerOptions,
-    service: Arc<dyn Service>,
+    site: Site,
     web: Option<Arc<WebConfigSource>>,
     auth: Authenticator,
     limiter: RateLimiter,
@@ -133,21 +167,26 @@ type Body = Full<Bytes>;
 pub fn serve_on_own_thread(
     listener: TcpListener,
     options: ServerOptions,
-    service: Arc<dyn Service>,
+    site: impl Into<Site>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<impl Future<Output = io::Result<()>>> {
+    let site = site.into();
+    let name = match site {
+        Site::Exporter(_) => "timattr-http",
+        Site::Callbacks(_) => "timattr-callbacks",
+    };
     // A tokio socket belongs to the runtime that registered it: hand it over as a std one.
     let listener = listener.into_std()?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
-        .name("timattr-http".into())
+        .name(name.into())
         .spawn(move || {
             let result = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .and_then(|runtime| {
                     let result = runtime.block_on(async move {
-                        serve(TcpListener::from_std(listener)?, options, service, shutdown).await
+                        serve(TcpListener::from_std(listener)?, options, site, shutdown).await
                     });
                     // A render still running on the blocking pool is not waited for.
                     runtime.shutdown_background();
@@ -167,9 +206,10 @@ pub fn serve_on_own_thread(
 pub async fn serve(
     listener: TcpListener,
     options: ServerOptions,
-    service: Arc<dyn Service>,
+    site: impl Into<Site>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
+    let site = site.into();
     let web = options
         .web_config_file
         .clone()
@@ -178,7 +218,7 @@ pub async fn serve(
     let grace = options.shutdown_grace;
     let shared = Arc::new(Shared {
         options,
-        service,
+        site,
         web,
         auth: Authenticator::new(),
         limiter: RateLimiter::default(),
@@ -510,9 +550,10 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
             }
         },
     };
-    let mut response = match &config {
-        None => route(shared, &request).await,
-        Some(config) => {
+    let mut response = match (&shared.site, &config) {
+        (Site::Callbacks(service), _) => callback(service, request).await,
+        (Site::Exporter(_), None) => route(shared, &request).await,
+        (Site::Exporter(_), Some(config)) => {
             if !shared.limiter.allow(config.rate_limit()) {
                 text(StatusCode::TOO_MANY_REQUESTS, "too many requests\n")
             } else if !shared
@@ -537,7 +578,63 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     response
 }
 
+/// `POST /callback`: the body read up to its bound, then handed over whole.
+async fn callback(
+    service: &Arc<dyn CallbackService>,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    use http_body_util::BodyExt;
+    if request.uri().path() != "/callback" {
+        return text(StatusCode::NOT_FOUND, "Not Found\n");
+    }
+    if request.method() != Method::POST {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    let too_large = || {
+        service.too_large();
+        text(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB\n")
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_CALLBACK_BODY as u64) {
+        return too_large();
+    }
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let body = match http_body_util::Limited::new(request.into_body(), MAX_CALLBACK_BODY)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(e) => {
+            debug!(error = %e, "reading a callback body failed");
+            return text(StatusCode::BAD_REQUEST, "body could not be read\n");
+        }
+    };
+    let (status, answer) = service.callback(&query, &body);
+    let mut response = Response::new(Full::new(Bytes::from_static(answer.as_bytes())));
+    *response.status_mut() = status;
+    let content_type = if status == StatusCode::OK {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
 async fn route(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
+    let Site::Exporter(service) = &shared.site else {
+        return text(StatusCode::NOT_FOUND, "Not Found\n");
+    };
     let Some(route) = Route::of(request.uri().path()) else {
         return text(StatusCode::NOT_FOUND, "Not Found\n");
     };
@@ -553,11 +650,11 @@ async fn route(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
     let response = match route {
         Route::Landing => html(landing_page()),
         Route::Healthy => text(StatusCode::OK, "Healthy"),
-        Route::Ready if shared.service.is_ready() => text(StatusCode::OK, "Ready"),
+        Route::Ready if service.is_ready() => text(StatusCode::OK, "Ready"),
         Route::Ready => text(StatusCode::SERVICE_UNAVAILABLE, "Not ready"),
         Route::Reload => {
             // A task of its own, so a request that times out does not cancel a reload halfway.
-            match tokio::spawn(shared.service.reload()).await {
+            match tokio::spawn(service.reload()).await {
                 Ok(Ok(())) => text(StatusCode::OK, "Reloaded\n"),
                 Ok(Err(message)) => text(StatusCode::INTERNAL_SERVER_ERROR, message),
                 Err(e) => text(
@@ -568,7 +665,7 @@ async fn route(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
         }
         Route::Metrics => {
             let gzip = accepts_gzip(request.headers());
-            metrics(Arc::clone(&shared.service), gzip).await
+            metrics(Arc::clone(service), gzip).await
         }
     };
     if method == Method::HEAD {

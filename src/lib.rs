@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod callback;
 pub mod client;
 pub mod config;
 pub mod daemon;

@@ -44,6 +44,9 @@ struct Flags {
         default_value = ":9877"
     )]
     listen_address: String,
+    /// Receive Tencent Chat's webhooks (`POST /callback`) on this listener of its own.
+    #[arg(long = "callback.listen-address", value_name = "ADDR")]
+    callback_listen_address: Option<String>,
     /// TLS and basic auth for the HTTP server, in exporter-toolkit's web-config format.
     #[arg(long = "web.config.file", value_name = "PATH")]
     web_config_file: Option<PathBuf>,
@@ -197,6 +200,27 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
     let local = listener
         .local_addr()
         .map_err(|e| Fatal::Other(e.to_string()))?;
+    // The demo receives its fake API's callbacks on a free loopback port unless told where.
+    let callback_address = flags
+        .callback_listen_address
+        .clone()
+        .or_else(|| flags.demo.then(|| "127.0.0.1:0".to_owned()));
+    let callbacks = match &callback_address {
+        None => None,
+        Some(address) => {
+            let addr = http::resolve_listen_address(address)
+                .await
+                .map_err(|e| Fatal::Usage(format!("--callback.listen-address {e}")))?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| Fatal::Other(format!("cannot listen on {addr}: {e}")))?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| Fatal::Other(e.to_string()))?;
+            info!(callback_listen_address = %bound, "receiving callbacks on POST /callback");
+            Some(listener)
+        }
+    };
     info!(
         version = timattr_exporter::VERSION,
         listen_address = %local,
@@ -227,6 +251,7 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
         },
         build: build_info(),
         reloads: reload_rx,
+        callbacks,
     };
     let result = daemon::run(options, listener, stop).await;
     drop(demo_server);

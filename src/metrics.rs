@@ -20,6 +20,10 @@ use crate::observe::{Api, ApiObserver};
 use crate::outcome::{FailureReason, Outcome};
 use crate::state::{Store, ValueHashes};
 
+mod callbacks;
+
+pub use callbacks::{CALLBACK_REJECTIONS, CALLBACKS};
+
 /// A metric family: `(name, type, HELP text)`.
 pub type Family = (&'static str, &'static str, &'static str);
 
@@ -163,6 +167,8 @@ pub const METRIC_FAMILIES: &[Family] = &[
     CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,
     SHARD_ORDINAL,
     TOTAL_SHARDS,
+    CALLBACKS,
+    CALLBACK_REJECTIONS,
 ];
 
 /// Request latency buckets: from a fast answer from a nearby region (5 ms) to past the longest
@@ -199,6 +205,7 @@ pub struct Metrics {
     total_shards: IntGauge,
     /// One observer per app, so a reload that keeps an app hands its client the same counters.
     apps: Mutex<BTreeMap<u64, Arc<AppObserver>>>,
+    callbacks: Arc<callbacks::CallbackMetrics>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -265,6 +272,7 @@ impl Metrics {
                 .register(c)
                 .expect("each family is registered once");
         }
+        let callbacks = callbacks::CallbackMetrics::register(&registry);
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(
@@ -285,6 +293,7 @@ impl Metrics {
             shard_ordinal,
             total_shards,
             apps: Mutex::new(BTreeMap::new()),
+            callbacks,
         }
     }
 
@@ -293,6 +302,7 @@ impl Metrics {
     /// same observer, so a reload keeps its counters.
     pub fn observer(&self, sdkappid: u64) -> Arc<dyn ApiObserver> {
         let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        self.callbacks.add_app(sdkappid);
         let app = apps.entry(sdkappid).or_insert_with(|| {
             let id = sdkappid.to_string();
             let requests =
@@ -319,6 +329,11 @@ impl Metrics {
             })
         });
         Arc::clone(app) as Arc<dyn ApiObserver>
+    }
+
+    /// What the callbacks endpoint reports to.
+    pub fn callback_observer(&self) -> Arc<dyn crate::callback::CallbackObserver> {
+        Arc::clone(&self.callbacks) as _
     }
 
     /// `timattr_poll_lag_seconds` of an app.
@@ -361,6 +376,7 @@ impl Metrics {
         }
         let _ = self.poll_lag.remove_label_values(&[&id]);
         let _ = self.usersig_expiry.remove_label_values(&[&id]);
+        self.callbacks.remove_app(sdkappid);
     }
 
     /// Records a config load or reload: `timattr_config_last_reload_successful`, and on success

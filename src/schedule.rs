@@ -217,6 +217,145 @@ impl Scheduler {
     }
 }
 
+impl Scheduler {
+    /// Whether the group is scheduled.
+    pub fn contains(&self, id: &str) -> bool {
+        self.entries.contains_key(id)
+    }
+
+    /// Adds one group without re-phasing the others (a group created between two listings):
+    /// its phase is where its ID hash falls in the interval, about where [`phases`] would rank
+    /// it. The next [`Scheduler::set_groups`] spreads every group evenly again.
+    pub fn insert(&mut self, group: &GroupSpec, now: Instant) {
+        if self.entries.contains_key(&group.id) {
+            return;
+        }
+        let i = group.interval.as_nanos().max(1);
+        let phase = Duration::from_nanos(
+            u64::try_from(u128::from(fnv1a64(group.id.as_bytes())) % i).unwrap_or(0),
+        );
+        let due = self.anchor.next_slot(now, group.interval, phase);
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        self.heap
+            .push(Reverse((due, generation, Arc::clone(&group.id))));
+        self.entries.insert(
+            Arc::clone(&group.id),
+            Entry {
+                interval: group.interval,
+                phase,
+                due,
+                generation,
+            },
+        );
+    }
+}
+
+/// How long a callback-triggered poll of a group shuts out the next one (SPEC "Callbacks": at
+/// most one poll of a group per second).
+pub const PUSH_SPACING: Duration = Duration::from_secs(1);
+
+/// Groups made due now by callbacks, ahead of the regular schedule (which carries on).
+///
+/// The first callback for a group makes it due at once; callbacks that arrive within
+/// [`PUSH_SPACING`] after that poll started fold into one more poll at the end of that second.
+/// Tencent allows 5 writes a second to a group, so a hot group costs at most one request a
+/// second and a change is still seen within a second.
+#[derive(Debug, Default)]
+pub struct Urgent {
+    /// Due now, first come first served.
+    queue: std::collections::VecDeque<Arc<str>>,
+    groups: HashMap<Arc<str>, PushState>,
+    /// Folded callbacks' polls, at the end of the second after the previous push poll.
+    deferred: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct PushState {
+    queued: bool,
+    deferred: bool,
+    last_start: Option<Instant>,
+}
+
+impl Urgent {
+    /// A callback for `id` at `now`.
+    pub fn push(&mut self, id: Arc<str>, now: Instant) {
+        self.prune(now);
+        let state = self.groups.entry(Arc::clone(&id)).or_default();
+        if state.queued || state.deferred {
+            return;
+        }
+        match state.last_start {
+            Some(started) if now < started + PUSH_SPACING => {
+                state.deferred = true;
+                self.deferred.push(Reverse((started + PUSH_SPACING, id)));
+            }
+            _ => {
+                state.queued = true;
+                self.queue.push_back(id);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// When the earliest folded poll becomes due.
+    pub fn next_deferred(&self) -> Option<Instant> {
+        self.deferred.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Queues the folded polls due at `now`.
+    pub fn release(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.deferred.peek() {
+            if *at > now {
+                break;
+            }
+            let Reverse((_, id)) = self.deferred.pop().expect("peeked");
+            if let Some(state) = self.groups.get_mut(&id)
+                && state.deferred
+            {
+                state.deferred = false;
+                state.queued = true;
+                self.queue.push_back(id);
+            }
+        }
+    }
+
+    /// The next group to poll now, its poll starting at `now`.
+    pub fn pop(&mut self, now: Instant) -> Option<Arc<str>> {
+        while let Some(id) = self.queue.pop_front() {
+            if let Some(state) = self.groups.get_mut(&id)
+                && state.queued
+            {
+                state.queued = false;
+                state.last_start = Some(now);
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Forgets groups the instance no longer polls.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.groups.retain(|id, _| keep(id));
+        self.queue.retain(|id| keep(id));
+        // Stale heap entries are skipped by `release` (no state, or not deferred).
+    }
+
+    /// Drops what no longer matters: groups with nothing pending whose last push poll is over
+    /// a second old. Amortised: only when the map has grown.
+    fn prune(&mut self, now: Instant) {
+        if self.groups.len() < 1024 || self.groups.len() < 4 * self.queue.len() + 1024 {
+            return;
+        }
+        self.groups.retain(|_, s| {
+            s.queued || s.deferred || s.last_start.is_some_and(|t| now < t + PUSH_SPACING)
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,5 +554,74 @@ mod tests {
             !ids.iter().any(|id| id.as_ref() == "@TGS#g00000"),
             "removed"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callbacks_make_at_most_one_poll_a_second() {
+        let mut u = Urgent::default();
+        let g: Arc<str> = Arc::from("@TGS#hot");
+        let t0 = Instant::now();
+        u.push(Arc::clone(&g), t0);
+        assert_eq!(
+            u.pop(t0).as_deref(),
+            Some("@TGS#hot"),
+            "the first goes at once"
+        );
+        assert!(u.pop(t0).is_none());
+        // 20 more within the second after that poll started fold into one, at its end.
+        for i in 1..=20 {
+            u.push(Arc::clone(&g), t0 + Duration::from_millis(45 * i));
+        }
+        assert!(u.is_empty());
+        assert_eq!(u.next_deferred(), Some(t0 + PUSH_SPACING));
+        u.release(t0 + Duration::from_millis(999));
+        assert!(u.is_empty());
+        let t1 = t0 + PUSH_SPACING;
+        u.release(t1);
+        assert_eq!(u.pop(t1).as_deref(), Some("@TGS#hot"));
+        assert!(u.pop(t1).is_none());
+        assert_eq!(u.next_deferred(), None);
+        // Quiet for a second: the next callback goes at once again.
+        let t2 = t1 + Duration::from_millis(1500);
+        u.push(Arc::clone(&g), t2);
+        assert_eq!(u.pop(t2).as_deref(), Some("@TGS#hot"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_callback_while_queued_folds_and_groups_are_independent() {
+        let mut u = Urgent::default();
+        let now = Instant::now();
+        for id in ["a", "b", "a", "c", "b"] {
+            u.push(Arc::from(id), now);
+        }
+        let order: Vec<String> = std::iter::from_fn(|| u.pop(now).map(|s| s.to_string())).collect();
+        assert_eq!(order, ["a", "b", "c"]);
+        u.push(Arc::from("a"), now);
+        u.retain(|id| id != "a");
+        assert!(u.pop(now).is_none(), "a group that left is not polled");
+        assert_eq!(u.next_deferred(), Some(now + PUSH_SPACING));
+        u.release(now + PUSH_SPACING);
+        assert!(u.pop(now + PUSH_SPACING).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_inserted_group_is_scheduled_within_its_interval() {
+        let interval = Duration::from_secs(10);
+        let mut s = Scheduler::new(anchor());
+        let now = Instant::now();
+        s.set_groups(&specs(5, interval), now);
+        let new = GroupSpec {
+            id: Arc::from("@TGS#created"),
+            interval,
+        };
+        s.insert(&new, now);
+        assert!(s.contains("@TGS#created"));
+        assert_eq!(s.len(), 6);
+        let mut seen = false;
+        while let Some(due) = s.next_due().filter(|d| *d <= now + interval) {
+            let (id, _) = s.pop_due(due).unwrap();
+            seen |= id.as_ref() == "@TGS#created";
+        }
+        assert!(seen, "polled within one interval");
     }
 }

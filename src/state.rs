@@ -340,6 +340,18 @@ impl Store {
         }
     }
 
+    /// Adds one group to an app's assignment (a group a create callback announced), keeping
+    /// everything else: cheaper than [`Store::set_assigned`] with the whole list.
+    pub fn add_assigned(&self, sdkappid: u64, group_id: &str) {
+        let app = {
+            let mut apps = self.apps.write().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(apps.entry(sdkappid).or_default())
+        };
+        lock(&app.groups)
+            .entry(group_id.into())
+            .or_insert_with(Group::default);
+    }
+
     /// Forgets an app removed from the config, with all its groups.
     pub fn remove_app(&self, sdkappid: u64) {
         let removed = self

@@ -55,6 +55,7 @@ impl Running {
                 rustc: "test".into(),
             },
             reloads,
+            callbacks: None,
         };
         let task = tokio::spawn(daemon::run(options, listener, shutdown));
         Running {

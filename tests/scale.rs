@@ -127,6 +127,7 @@ impl InProcess {
                 rustc: "test".into(),
             },
             reloads,
+            callbacks: None,
         };
         tokio::spawn(daemon::run(options, listener, stop));
         InProcess { addr, trigger }
