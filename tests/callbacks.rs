@@ -262,13 +262,13 @@ async fn forged_stale_unsigned_and_foreign_callbacks_are_refused_with_no_poll() 
         ),
         (
             "stale",
-            query(APP, CHANGED, Some((TOKEN, now - 301))),
+            query(APP, CHANGED, Some((TOKEN, now - 400))),
             403,
             "stale",
         ),
         (
             "future",
-            query(APP, CHANGED, Some((TOKEN, now + 301))),
+            query(APP, CHANGED, Some((TOKEN, now + 400))),
             403,
             "stale",
         ),
