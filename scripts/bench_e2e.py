@@ -146,7 +146,7 @@ def start_fake(ctx, bins, env, groups, rate_limit=None):
     return p, m.group(1).rstrip("/")
 
 
-def write_config(workdir, name, fake_url, groups, interval, rate_limit, max_concurrency=64):
+def write_config(workdir, name, fake_url, groups, interval, rate_limit, max_concurrency=64, extra=""):
     path = os.path.join(workdir, f"{name}.yml")
     with open(path, "w") as f:
         f.write(
@@ -160,7 +160,7 @@ apps:
     rate_limit: {rate_limit}
     max_concurrency: {max_concurrency}
     timeout: 5s
-    groups:
+{extra}    groups:
 """
         )
         for i in range(groups):
@@ -168,7 +168,7 @@ apps:
     return path
 
 
-def start_exporter(ctx, bins, env, config, shard=None, name="exporter"):
+def start_exporter(ctx, bins, env, config, shard=None, name="exporter", extra=()):
     port = free_port()
     args = [
         bins["exporter"],
@@ -181,6 +181,7 @@ def start_exporter(ctx, bins, env, config, shard=None, name="exporter"):
     ]
     if shard is not None:
         args += ["--shard", str(shard[0]), "--total-shards", str(shard[1])]
+    args += list(extra)
     p = ctx.start(args, name, env=env)
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: http_get(url + "/-/ready")[0] == 200, 120, f"{name} ready")
@@ -508,6 +509,9 @@ def f(x, d=2):
 
 
 def report(res):
+    if "w7" in res:
+        print("W7 push (callbacks):")
+        print(json.dumps(res["w7"], indent=1))
     if "w1" in res:
         w = res["w1"]
         m = w["median"]
@@ -563,6 +567,134 @@ def report(res):
             )
 
 
+def http_post(url, body, timeout=10):
+    req = urllib.request.Request(url, data=body.encode(), method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def callback_query(command, token=None, request_time=None):
+    q = (f"SdkAppid={APP}&CallbackCommand={command}&contenttype=json&ClientIP=127.0.0.1"
+         "&OptPlatform=RESTAPI")
+    if token is not None:
+        import hashlib
+        t = str(request_time if request_time is not None else int(time.time()))
+        q += f"&Sign={hashlib.sha256((token + t).encode()).hexdigest()}&RequestTime={t}"
+    return q
+
+
+def metric_values(text, name):
+    """{group_id: value} of a per-group family."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            m = re.search(r'group_id="([^"]*)"', line)
+            if m:
+                out[m.group(1)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def w7_push(bins, env, workdir, args):
+    """Callbacks: change-to-/metrics latency at a steady callback rate, CPU per callback, and a
+    flood of refused callbacks beside 1 s polling."""
+    token = "bench-callback-token"
+    out = {}
+    # Latency and CPU: polling every 24 h, so every poll is a callback's; each callback follows
+    # a write of its group at the fake.
+    groups, rate, seconds = 200, args.w7_rate, args.w7_window
+    with Procs(workdir) as ctx:
+        fake, fake_url = start_fake(ctx, bins, env, groups)
+        cfg = write_config(workdir, "push", fake_url, groups, "24h", 200,
+                           extra=f"    callback_token: {token}\n")
+        cb_port = free_port()
+        exp, url = start_exporter(ctx, bins, env, cfg, name="push",
+                                  extra=["--callback.listen-address", f"127.0.0.1:{cb_port}"])
+        cb_url = f"http://127.0.0.1:{cb_port}/callback"
+        # Prime: each group's first poll is its baseline, which counts no change.
+        for i in range(groups):
+            http_post(cb_url + "?" + callback_query("Group.CallbackAfterGroupAttrChanged", token),
+                      json.dumps({"GroupId": f"@TGS#bench{i}"}))
+        time.sleep(3)
+        cpu0 = cpu_seconds(exp.pid)
+        sent = {}
+        n = int(rate * seconds)
+        start = time.monotonic()
+        for i in range(n):
+            due = start + i / rate
+            pause = due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            g = f"@TGS#bench{i % groups}"
+            http_post(fake_url + "/fake/attrs", json.dumps(
+                {"sdkappid": APP, "group_id": g, "mode": "set",
+                 "attrs": {"k0": f"v{i:014d}"}}))
+            body = json.dumps({"CallbackCommand": "Group.CallbackAfterGroupAttrChanged",
+                               "GroupId": g, "Type": "Public", "OptionType": "set"})
+            sent[g] = time.time()
+            status = http_post(cb_url + "?" + callback_query(
+                "Group.CallbackAfterGroupAttrChanged", token), body)
+            if status != 200:
+                raise RuntimeError(f"callback refused: {status}")
+        took = time.monotonic() - start
+        time.sleep(3)
+        cpu = cpu_seconds(exp.pid) - cpu0
+        _, text, _ = http_get(url + "/metrics")
+        seen = metric_values(text.decode(), "timattr_group_last_change_timestamp_seconds")
+        lat = [seen[g] - t for g, t in sent.items() if seen.get(g, 0) > 0]
+        polls, _ = fake_total(fake_url)
+        polls -= groups
+        out["latency"] = {
+            "callbacks": n, "rate": n / took, "groups": groups, "samples": len(lat),
+            "p50_ms": percentile(lat, 50) * 1000, "p99_ms": percentile(lat, 99) * 1000,
+            "max_ms": max(lat) * 1000 if lat else float("nan"),
+            "exporter_cpu_s": cpu, "cpu_us_per_callback": cpu / n * 1e6,
+            "polls": polls,
+        }
+    # The flood: 5,000 refused callbacks in 10 s while 200 groups poll every 1 s.
+    with Procs(workdir) as ctx:
+        fake, fake_url = start_fake(ctx, bins, env, 200, rate_limit=200)
+        cfg = write_config(workdir, "flood", fake_url, 200, "1s", 200,
+                           extra=f"    callback_token: {token}\n")
+        cb_port = free_port()
+        exp, url = start_exporter(ctx, bins, env, cfg, name="flood",
+                                  extra=["--callback.listen-address", f"127.0.0.1:{cb_port}"])
+        cb_url = f"http://127.0.0.1:{cb_port}/callback"
+        time.sleep(5)
+        t_before = time.monotonic()
+        time.sleep(10)
+        t_flood = time.monotonic()
+        cpu0 = cpu_seconds(exp.pid)
+        body = json.dumps({"CallbackCommand": "Group.CallbackAfterGroupAttrChanged",
+                           "GroupId": "@TGS#bench1"})
+        refused = 0
+        for i in range(5000):
+            due = t_flood + i / 500
+            pause = due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            if http_post(cb_url + "?" + callback_query(
+                    "Group.CallbackAfterGroupAttrChanged", "forged-token"), body) == 403:
+                refused += 1
+        t_end = time.monotonic()
+        cpu = cpu_seconds(exp.pid) - cpu0
+        reqs = fake_requests(fake_url)["seconds"]
+        # The fake's clock starts at its own start; align on the last arrival vs now.
+        shift = time.monotonic() - max(reqs)
+        before = [t for t in reqs if t_before - shift <= t < t_flood - shift]
+        during = [t for t in reqs if t_flood - shift <= t < t_end - shift]
+        out["flood"] = {
+            "bad_callbacks": 5000, "refused_403": refused, "flood_s": t_end - t_flood,
+            "polls_per_s_before": len(before) / (t_flood - t_before),
+            "polls_per_s_during": len(during) / (t_end - t_flood),
+            "max_window_during": max_window(during),
+            "exporter_cpu_s_during": cpu,
+        }
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin-dir", default="target/release")
@@ -578,6 +710,8 @@ def main():
     ap.add_argument("--w3-cycles", type=float, default=2.5)
     ap.add_argument("--w4-sizes", default="1000,10000,100000")
     ap.add_argument("--w5-scrapes", type=int, default=20)
+    ap.add_argument("--w7-rate", type=float, default=100)
+    ap.add_argument("--w7-window", type=float, default=20)
     args = ap.parse_args()
     args.w4_sizes = [int(x) for x in args.w4_sizes.split(",") if x]
     bins = {
@@ -594,7 +728,7 @@ def main():
     only = set(args.only.split(","))
     res = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "nproc": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="timattr-bench-") as workdir:
-        for name, fn in (("w1", w1_cost), ("w2", w2_quota), ("w3", w3_schedule), ("w4", w4_w5_memory_scrape)):
+        for name, fn in (("w1", w1_cost), ("w2", w2_quota), ("w3", w3_schedule), ("w4", w4_w5_memory_scrape), ("w7", w7_push)):
             if name in only:
                 s = time.monotonic()
                 print(f"running {name} ...", file=sys.stderr)

@@ -488,8 +488,9 @@ async fn a_reload_that_rebuilds_the_client_keeps_discovered_groups() {
 
 /// 100 groups every 10 s at 5 requests/s (twice what the quota serves); a reload keeps 10 and
 /// adds one (polled every second, so that even a poll at its spread slot comes within a second):
-/// the new group is polled within 2 s, the 90 removed ones get no request later than 0.5 s
-/// after the reload returned.
+/// the new group is polled within 3 s (its slot comes within 1 s; polls of staying groups that
+/// were already due may go first), the 90 removed ones get no request later than 0.5 s after
+/// the reload returned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_under_overload_is_applied_at_once() {
     let server = fake_with_app().await;
@@ -573,7 +574,7 @@ async fn a_reload_under_overload_is_applied_at_once() {
         .map(|(at, _)| at.saturating_sub(reloaded).as_secs_f64());
     let waited = started.elapsed().as_secs_f64();
     assert!(
-        late.is_empty() && first_new.is_some_and(|s| s <= 2.0),
+        late.is_empty() && first_new.is_some_and(|s| s <= 3.0),
         "after the reload: {} requests for removed groups arrived later than 0.5 s (at +{:.2?} s); \
          the new group's first request came at {first_new:?} s (watched for {waited:.1} s)",
         late.len(),
@@ -890,8 +891,8 @@ async fn a_reload_that_moves_the_state_file_writes_the_new_one() {
 
 /// A reload removes 60 overloaded apps that are polling (100 groups every second each, at 1
 /// request a second): every series naming any of them is gone from the first scrape after the
-/// reload, and none comes back in the next 5 s (1 s in the first of two rounds; a series that
-/// comes back stays). Many apps, because the race that brings one back is narrow per app: on
+/// reload, and none comes back in the next 5 s (1 s in the first three of four rounds; a series
+/// that comes back stays). Many apps, because the race that brings one back is narrow per app: on
 /// 84b0f3e a dispatcher that wakes after the removal may still dispatch once and set
 /// `timattr_poll_lag_seconds` again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -951,7 +952,7 @@ async fn a_removed_apps_series_do_not_come_back() {
     let (_dir, path) = config_file(&render(true));
     let exporter = Exporter::start(&path, &[]);
     let url = exporter.url("/metrics");
-    let rounds = 2;
+    let rounds = 4;
     let mut failures = Vec::new();
     for round in 0..rounds {
         if round > 0 {
