@@ -10,7 +10,7 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 use timattr_exporter::client::parse_group_attr;
-use timattr_exporter::outcome::{ApiError, Attributes, FailureReason, Outcome};
+use timattr_exporter::outcome::{Attributes, Outcome};
 use timattr_exporter::secret::SecretKey;
 use timattr_exporter::state::{Seeds, Store, ValueHashes};
 use timattr_exporter::usersig;
@@ -122,12 +122,4 @@ criterion_main!(benches);
 
 fn ok(attrs: &[(String, String)]) -> Outcome<Attributes> {
     Outcome::Ok(attrs.to_vec())
-}
-
-fn api(code: i64) -> Outcome<Attributes> {
-    Outcome::Api(ApiError::from_code(code, "").expect("a non-zero code"))
-}
-
-fn no_answer() -> Outcome<Attributes> {
-    Outcome::NoAnswer(FailureReason::Timeout)
 }
