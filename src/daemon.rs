@@ -31,7 +31,8 @@ use crate::ratelimit::RateLimiter;
 use crate::schedule::{Anchor, GroupSpec, Scheduler};
 use crate::shard::Shard;
 use crate::shutdown::{self, Shutdown, Trigger};
-use crate::state::{self, Seeds, Store};
+use crate::state_file as state;
+use crate::store::{Seeds, Store};
 
 /// How often the state file is written when the state changed (SPEC: every 30 s).
 pub const STATE_WRITE_INTERVAL: Duration = Duration::from_secs(30);

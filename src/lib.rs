@@ -6,7 +6,9 @@
 //! - [`error_code`]: what each upstream `ErrorCode` means.
 //! - [`client`], [`ratelimit`]: the Tencent Chat REST client, its retry policy and quota.
 //! - [`schedule`], [`shard`]: when each group is due, and which replica polls it.
-//! - [`state`]: the latest snapshot per group, diffs, hashes and the state file.
+//! - [`snapshot`]: the value and set hashes, the snapshot kept per group, and its diff.
+//! - [`store`]: the latest snapshot per group, change counts, and read-only views for rendering.
+//! - [`state_file`]: the state file's format, its checked read and atomic write.
 //! - [`metrics`]: every metric name and HELP text, and the `/metrics` rendering.
 //! - [`http`], [`web_config`]: the HTTP server and its TLS / basic auth.
 //! - [`daemon`]: the pollers, reload and shutdown.
@@ -29,7 +31,9 @@ pub mod schedule;
 pub mod secret;
 pub mod shard;
 pub mod shutdown;
-pub mod state;
+pub mod snapshot;
+pub mod state_file;
+pub mod store;
 pub mod usersig;
 pub mod web_config;
 
