@@ -10,9 +10,10 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 use timattr_exporter::client::parse_group_attr;
+use timattr_exporter::metrics::{BuildInfo, Metrics, ValueHashes};
 use timattr_exporter::outcome::{Attributes, Outcome};
 use timattr_exporter::secret::SecretKey;
-use timattr_exporter::state::{Seeds, Store, ValueHashes};
+use timattr_exporter::store::{Seeds, Store};
 use timattr_exporter::usersig;
 
 const APP: u64 = 1_400_000_001;
@@ -101,6 +102,11 @@ fn apply(c: &mut Criterion) {
 fn render(c: &mut Criterion) {
     let mut g = c.benchmark_group("render");
     g.sample_size(20);
+    let metrics = Metrics::new(BuildInfo {
+        version: "bench",
+        revision: String::new(),
+        rustc: String::new(),
+    });
     for n in [1_000usize, 10_000] {
         let store = store_with(n);
         // Per group with value_hashes per_key: up, error_code, attributes, bytes, set hash,
@@ -109,7 +115,7 @@ fn render(c: &mut Criterion) {
         g.bench_function(format!("store_{n}_groups_per_key"), |b| {
             b.iter_batched_ref(
                 || String::with_capacity(n * 2048),
-                |out| store.render(out, ValueHashes::PerKey),
+                |out| metrics.render_groups(&store, ValueHashes::PerKey, out),
                 BatchSize::LargeInput,
             )
         });

@@ -36,7 +36,7 @@ use crate::ratelimit::{ListSlots, RateLimiter, Slot};
 use crate::schedule::{Anchor, Scheduler, Urgent};
 use crate::shard::Shard;
 use crate::shutdown::Shutdown;
-use crate::state::{Seeds, Store};
+use crate::store::{Seeds, Store};
 
 /// How long in-flight requests may take to finish at shutdown before they are abandoned.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -275,7 +275,12 @@ impl Owner {
     fn dispatch(&mut self, slot: Slot) {
         let now = Instant::now();
         let regular_due = self.scheduler.next_due().is_some_and(|due| due <= now);
-        let take_urgent = !self.urgent.is_empty() && !(regular_due && self.last_was_urgent);
+        let both_wait = regular_due && !self.urgent.is_empty();
+        let take_urgent = if both_wait {
+            !self.last_was_urgent
+        } else {
+            !self.urgent.is_empty()
+        };
         let group_id = if take_urgent {
             self.last_was_urgent = true;
             match self.urgent.pop(now) {

@@ -21,9 +21,9 @@ use serde_yaml::Value;
 use url::{Host, Url};
 
 use crate::duration;
+use crate::metrics::ValueHashes;
 use crate::region::Region;
 use crate::secret::SecretKey;
-use crate::state::ValueHashes;
 
 /// How often each group is polled unless it says otherwise (`poll_interval`).
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);

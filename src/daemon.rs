@@ -24,7 +24,8 @@ use crate::schedule::Anchor;
 use crate::secret::SecretKey;
 use crate::shard::{Shard, shard_rate};
 use crate::shutdown::{self, Shutdown, Trigger};
-use crate::state::{self, Store};
+use crate::state_file;
+use crate::store::Store;
 
 /// How often the state file is written when the state changed (SPEC: every 30 s).
 pub const STATE_WRITE_INTERVAL: Duration = Duration::from_secs(30);
@@ -253,7 +254,7 @@ impl Daemon {
             return;
         }
         let persisted = self.store.persisted();
-        match state::write_state_file(&path, &persisted) {
+        match state_file::write_state_file(&path, &persisted) {
             Ok(()) => {
                 // Stored off by one so that 0 means "never written".
                 self.written_generation
@@ -316,7 +317,7 @@ pub async fn run(
     metrics.set_shard(options.shard.ordinal, options.shard.total);
     let store = Arc::new(Store::new());
     if let Some(path) = &options.config.state_file {
-        match state::read_state_file(path) {
+        match state_file::read_state_file(path) {
             Ok(persisted) => {
                 store.seed_from(persisted);
                 info!(path = %path.display(), "state file loaded");

@@ -32,7 +32,7 @@ use timattr_exporter::schedule::Anchor;
 use timattr_exporter::secret::SecretKey;
 use timattr_exporter::shard::Shard;
 use timattr_exporter::shutdown;
-use timattr_exporter::state::Store;
+use timattr_exporter::store::Store;
 use timattr_exporter::usersig;
 
 const KEY: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use timattr_exporter::config::{self, ConfigError, Loaded, SecretSource, check_endpoint};
+use timattr_exporter::metrics::ValueHashes;
 use timattr_exporter::region::Region;
-use timattr_exporter::state::ValueHashes;
 
 /// A key distinctive enough that any leak shows.
 const KEY: &str = "S3CRETKEY-5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";

@@ -27,7 +27,7 @@ use timattr_exporter::fake::{
     AppSpec, Fake, FakeServer, Fault, FaultTarget, GroupType, RateLimits, Scenario,
 };
 use timattr_exporter::secret::SecretKey;
-use timattr_exporter::state::read_state_file;
+use timattr_exporter::state_file::read_state_file;
 
 const WAIT: Duration = Duration::from_secs(30);
 /// A second app, for the tests that need two.

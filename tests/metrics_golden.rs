@@ -9,10 +9,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use timattr_exporter::metrics::{BuildInfo, METRIC_FAMILIES, Metrics};
+use timattr_exporter::metrics::{BuildInfo, METRIC_FAMILIES, Metrics, ValueHashes};
 use timattr_exporter::observe::Api;
 use timattr_exporter::outcome::{ApiError, Attributes, FailureReason, Outcome};
-use timattr_exporter::state::{Seeds, Store, ValueHashes};
+use timattr_exporter::store::{Seeds, Store};
 
 const APP: u64 = 1_400_000_000;
 const OTHER_APP: u64 = 1_400_000_001;

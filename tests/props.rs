@@ -4,7 +4,7 @@
 //!
 //! Targets: the API answer parsers (`client::parse_group_attr`, `client::parse_group_list`),
 //! the UserSig decoder and verifier, the config loader (`config::parse`), the state file reader
-//! (`state::read_state_file`) and the fake's scenario parser (`Scenario::from_yaml`).
+//! (`state_file::read_state_file`) and the fake's scenario parser (`Scenario::from_yaml`).
 //!
 //! Cases per property: `TIMATTR_FUZZ_CASES` (default 20,000). `cargo fuzz` would need a nightly
 //! toolchain; these run on stable in the ordinary test suite.
@@ -19,7 +19,7 @@ use timattr_exporter::client::{parse_group_attr, parse_group_list};
 use timattr_exporter::config;
 use timattr_exporter::fake::Scenario;
 use timattr_exporter::secret::SecretKey;
-use timattr_exporter::state::read_state_file;
+use timattr_exporter::state_file::read_state_file;
 use timattr_exporter::usersig;
 
 fn cases() -> u32 {

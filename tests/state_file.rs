@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rand::Rng;
-use timattr_exporter::state::{
+use timattr_exporter::state_file::{
     Persisted, PersistedAttribute, PersistedGroup, STATE_FILE_VERSION, read_state_file,
     write_state_file,
 };
@@ -142,7 +142,7 @@ async fn sigkill_around_shutdown_writes_leaves_the_old_or_the_new_state() {
     let state = state_path(&cfg);
     let mut rng = rand::thread_rng();
     // Set hashes the file may legitimately hold: every snapshot ever polled.
-    let mut seen_hashes = vec![timattr_exporter::state::set_hash(&[(
+    let mut seen_hashes = vec![timattr_exporter::snapshot::set_hash(&[(
         "round".to_owned(),
         "0".to_owned(),
     )])];
@@ -154,7 +154,7 @@ async fn sigkill_around_shutdown_writes_leaves_the_old_or_the_new_state() {
             .fake
             .set_attrs(APP, G, &[("round", value.as_str())])
             .unwrap();
-        seen_hashes.push(timattr_exporter::state::set_hash(&[(
+        seen_hashes.push(timattr_exporter::snapshot::set_hash(&[(
             "round".to_owned(),
             value.clone(),
         )]));

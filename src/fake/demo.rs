@@ -13,8 +13,8 @@ use super::Fault;
 use super::model::{AppSpec, GroupType};
 use super::scenario::{Action, Event, Scenario, Schedule};
 use crate::config::{AppConfig, Config, DEFAULT_MAX_CONCURRENCY, GroupConfig, SecretSource};
+use crate::metrics::ValueHashes;
 use crate::secret::SecretKey;
-use crate::state::ValueHashes;
 
 pub const DEMO_SDKAPPID: u64 = 1_400_000_000;
 pub const DEMO_IDENTIFIER: &str = "administrator";

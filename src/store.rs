@@ -1,0 +1,927 @@
+//! The latest poll result of every group this instance polls: which groups are assigned, what
+//! each poll changed, what the state file should hold, and a read-only view of it all that
+//! `metrics` renders the per-group families from (the store knows no exposition format).
+//!
+//! What is kept per group is deliberately small (≈ 0.4 KiB with 4 attributes, see [`Store`]):
+//! a [`crate::snapshot`] of its last successful poll, never the values themselves.
+//!
+//! Decisions on points SPEC.md leaves open (documented here so the metrics page can say so):
+//! - A group's attribute series (counts, bytes, hashes, change counters, last change and last
+//!   success timestamps) go when the API answers 10007, 10010 or 10015. When such a group answers
+//!   successfully again, that poll is a fresh baseline: no change is counted for it and its change
+//!   counters start again at 0 (a counter reset, which `rate()` handles).
+//! - `timattr_group_last_change_timestamp_seconds` exists from the first successful poll, at 0
+//!   until a change is seen ("known series start at 0"). It survives restarts through the state
+//!   file, as it records a fact, not a count.
+//! - The change counters are process-local, as Prometheus counters are: the state file holds the
+//!   snapshot (keys, value hashes and lengths, set hash, last change time), not the counts.
+//! - A state file snapshot is used once, at the group's first successful poll in this process,
+//!   and dropped when the API says the group is gone or unreadable (the snapshot then describes a
+//!   group that no longer exists).
+//! - Which `timattr_groups_by_error_code` series exist is rendering's decision: see
+//!   [`crate::metrics`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use crate::error_code::{ErrorClass, classify};
+use crate::outcome::{Attributes, Outcome};
+use crate::snapshot::{Changes, Snapshot};
+use crate::state_file::{Persisted, PersistedGroup};
+
+/// Whether [`Store::set_assigned`] drops the state-file snapshots of groups it does not list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seeds {
+    /// The list is complete (configured groups, and discovered ones once discovery answered).
+    DropUnlisted,
+    /// The list may still grow (discovery has not answered): keep every snapshot.
+    Keep,
+}
+
+/// A group's `timattr_group_attribute_changes_total`, one count per `change` label.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeCounts {
+    pub added: u64,
+    pub removed: u64,
+    pub modified: u64,
+}
+
+/// What the attribute series of a group show: its last successful poll and what changed.
+#[derive(Debug, Clone)]
+struct Success {
+    snapshot: Snapshot,
+    changes: ChangeCounts,
+    last_change: f64,
+    last_success: f64,
+}
+
+impl Success {
+    fn record(&mut self, changes: &Changes, now_unix: f64) {
+        self.changes.added += changes.added.len() as u64;
+        self.changes.removed += changes.removed.len() as u64;
+        self.changes.modified += changes.modified.len() as u64;
+        if !changes.is_empty() {
+            self.last_change = now_unix;
+        }
+    }
+}
+
+/// One assigned group.
+#[derive(Debug, Default)]
+struct Group {
+    /// `ErrorCode` of the latest poll (-1: no valid answer); `None` until the first poll, when
+    /// the group has no series at all.
+    error_code: Option<i64>,
+    /// `None` until the first successful poll, and again after 10007/10010/10015. Boxed so a
+    /// group that never succeeds costs a pointer.
+    success: Option<Box<Success>>,
+}
+
+/// The groups of one app. A `BTreeMap` so rendering walks them in `group_id` order (a golden
+/// file and diffs of scrapes need a stable order) and can resume after a key in chunks.
+#[derive(Debug, Default)]
+struct AppState {
+    groups: Mutex<BTreeMap<Box<str>, Group>>,
+}
+
+/// Recovers a poisoned lock: the data under these locks stays consistent between statements, and
+/// a panic elsewhere must not stop `/metrics` or polling.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How many groups [`AppView::for_each_group`] visits per acquisition of an app's lock, so a
+/// scrape of a very large app never blocks polling for more than a fraction of a millisecond at
+/// a time.
+pub const RENDER_CHUNK: usize = 512;
+
+/// The state of every group this instance polls. `Send + Sync`; share it through an `Arc`.
+///
+/// Locking: one `RwLock` over the app table (written only by reloads) and one `Mutex` per app over
+/// its groups, each held for a map lookup and a diff of pre-hashed snapshots (hashing happens
+/// before the lock). Rendering holds an app's lock for at most [`RENDER_CHUNK`] groups at a time.
+///
+/// Memory per group with 4 attributes of ≤ 16-byte keys, on 64-bit: map entry (16-byte key
+/// pointer + 24-byte `Group`, ≈ 60 bytes with B-tree slack) + group id (≈ 32) + `Success` (80) +
+/// 4 × `Attr` (32 each) + 4 key allocations (≈ 16–32 each) ≈ 0.4 KiB.
+#[derive(Debug, Default)]
+pub struct Store {
+    apps: RwLock<BTreeMap<u64, Arc<AppState>>>,
+    /// Snapshots from the state file not used yet, per app and group: consumed by the group's
+    /// first successful poll, dropped with the group.
+    seeds: Mutex<HashMap<u64, HashMap<Box<str>, SeedEntry>>>,
+    /// Bumped whenever what [`Store::persisted`] returns changes, so the daemon rewrites the
+    /// state file only then (timestamps alone do not count).
+    generation: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct SeedEntry {
+    snapshot: Snapshot,
+    last_change: f64,
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store::default()
+    }
+
+    fn app(&self, sdkappid: u64) -> Option<Arc<AppState>> {
+        self.apps
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&sdkappid)
+            .cloned()
+    }
+
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The `ErrorCode` of a group's latest poll (-1: no valid answer); `None` before its first
+    /// poll or when it is not assigned. The daemon logs transitions with it.
+    pub fn error_code(&self, sdkappid: u64, group_id: &str) -> Option<i64> {
+        let app = self.app(sdkappid)?;
+        let groups = lock(&app.groups);
+        groups.get(group_id)?.error_code
+    }
+
+    /// A number that changes whenever the state file's content would: write the file when it
+    /// differs from the one read before the last write.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Sets the groups this instance polls for one app (configured and discovered, in its shard).
+    /// Groups no longer listed lose all state and series; new ones are added (counted by
+    /// `timattr_groups`) with no series until their first poll; groups that stay keep everything.
+    /// State-file snapshots of groups not listed are dropped only with [`Seeds::DropUnlisted`]:
+    /// while an app's discovery has not answered yet, its list is incomplete.
+    pub fn set_assigned<I, S>(&self, sdkappid: u64, group_ids: I, seeds: Seeds)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let app = {
+            let mut apps = self.apps.write().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(apps.entry(sdkappid).or_default())
+        };
+        let listed: Vec<S> = group_ids.into_iter().collect();
+        let wanted: HashSet<&str> = listed.iter().map(AsRef::as_ref).collect();
+        let mut dropped_snapshot = false;
+        {
+            let mut groups = lock(&app.groups);
+            groups.retain(|id, g| {
+                let keep = wanted.contains(&**id);
+                dropped_snapshot |= !keep && g.success.is_some();
+                keep
+            });
+            for id in &wanted {
+                if !groups.contains_key(*id) {
+                    groups.insert((*id).into(), Group::default());
+                }
+            }
+        }
+        let mut all_seeds = lock(&self.seeds);
+        if let (Seeds::DropUnlisted, Some(app_seeds)) = (seeds, all_seeds.get_mut(&sdkappid)) {
+            let before = app_seeds.len();
+            app_seeds.retain(|id, _| wanted.contains(&**id));
+            dropped_snapshot |= app_seeds.len() != before;
+        }
+        if dropped_snapshot {
+            self.bump();
+        }
+    }
+
+    /// Adds one group to an app's assignment (a group a create callback announced), keeping
+    /// everything else: cheaper than [`Store::set_assigned`] with the whole list.
+    pub fn add_assigned(&self, sdkappid: u64, group_id: &str) {
+        let app = {
+            let mut apps = self.apps.write().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(apps.entry(sdkappid).or_default())
+        };
+        lock(&app.groups)
+            .entry(group_id.into())
+            .or_insert_with(Group::default);
+    }
+
+    /// Forgets an app removed from the config, with all its groups.
+    pub fn remove_app(&self, sdkappid: u64) {
+        let removed = self
+            .apps
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&sdkappid);
+        let seeded = lock(&self.seeds).remove(&sdkappid);
+        if removed.is_some() || seeded.is_some() {
+            self.bump();
+        }
+    }
+
+    /// Records the result of one poll. Returns the keys that changed when a change was counted.
+    /// A result for a group that is not assigned (a poll that was in flight during a reload that
+    /// dropped it) is ignored.
+    pub fn apply(
+        &self,
+        sdkappid: u64,
+        group_id: &str,
+        outcome: &Outcome<Attributes>,
+        now_unix: f64,
+    ) -> Option<Changes> {
+        let app = self.app(sdkappid)?;
+        match outcome {
+            Outcome::Ok(attrs) => self.apply_success(&app, sdkappid, group_id, attrs, now_unix),
+            Outcome::Api(e) => {
+                let code = e.code();
+                let gone = classify(code) == ErrorClass::PerGroup;
+                let mut had_snapshot = false;
+                {
+                    let mut groups = lock(&app.groups);
+                    let group = groups.get_mut(group_id)?;
+                    group.error_code = Some(code);
+                    if gone {
+                        had_snapshot = group.success.take().is_some();
+                    }
+                }
+                if gone {
+                    let mut seeds = lock(&self.seeds);
+                    let seeded = seeds
+                        .get_mut(&sdkappid)
+                        .and_then(|s| s.remove(group_id))
+                        .is_some();
+                    had_snapshot |= seeded;
+                }
+                if had_snapshot {
+                    self.bump();
+                }
+                None
+            }
+            Outcome::NoAnswer(_) => {
+                let mut groups = lock(&app.groups);
+                groups.get_mut(group_id)?.error_code = Some(-1);
+                None
+            }
+        }
+    }
+
+    fn apply_success(
+        &self,
+        app: &AppState,
+        sdkappid: u64,
+        group_id: &str,
+        attrs: &[(String, String)],
+        now_unix: f64,
+    ) -> Option<Changes> {
+        let next = Snapshot::of(attrs);
+        let mut groups = lock(&app.groups);
+        let group = groups.get_mut(group_id)?;
+        group.error_code = Some(0);
+        let changes = match &mut group.success {
+            Some(success) => {
+                success.last_success = now_unix;
+                if success.snapshot == next {
+                    return None;
+                }
+                let changes = success.snapshot.diff(&next);
+                success.snapshot = next;
+                success.record(&changes, now_unix);
+                changes
+            }
+            None => {
+                // The first successful poll (in this process, or since the API said the group was
+                // gone) is the baseline; only a state-file snapshot gives it something to diff.
+                let seed = lock(&self.seeds)
+                    .get_mut(&sdkappid)
+                    .and_then(|s| s.remove(group_id));
+                let mut success = Success {
+                    snapshot: next,
+                    changes: ChangeCounts::default(),
+                    last_change: 0.0,
+                    last_success: now_unix,
+                };
+                let mut changes = Changes::default();
+                if let Some(seed) = seed {
+                    success.last_change = seed.last_change;
+                    changes = seed.snapshot.diff(&success.snapshot);
+                    success.record(&changes, now_unix);
+                }
+                group.success = Some(Box::new(success));
+                changes
+            }
+        };
+        drop(groups);
+        self.bump();
+        (!changes.is_empty()).then_some(changes)
+    }
+
+    /// Takes the snapshots of a state file as baselines: each is diffed once against its group's
+    /// first successful poll, so a change made while the exporter was down is counted once.
+    /// Snapshots of groups that are never assigned are dropped by the next [`Store::set_assigned`]
+    /// of their app.
+    pub fn seed_from(&self, persisted: Persisted) {
+        let mut seeds = lock(&self.seeds);
+        for (sdkappid, groups) in persisted.apps {
+            let app_seeds = seeds.entry(sdkappid).or_default();
+            for (group_id, g) in groups {
+                let (snapshot, last_change) = g.into_snapshot();
+                let seed = SeedEntry {
+                    snapshot,
+                    last_change,
+                };
+                app_seeds.insert(group_id.into_boxed_str(), seed);
+            }
+        }
+    }
+
+    /// What the state file should hold now: the latest snapshot of every assigned group that has
+    /// one, and the not yet used state-file snapshot of assigned groups that have not succeeded
+    /// yet (so a restart before their first poll does not lose them).
+    pub fn persisted(&self) -> Persisted {
+        let mut out = Persisted::default();
+        let mut pending: Vec<(u64, Vec<Box<str>>)> = Vec::new();
+        for (sdkappid, app) in self.app_list() {
+            let groups = lock(&app.groups);
+            let entry = out.apps.entry(sdkappid).or_default();
+            let mut unseen = Vec::new();
+            for (id, g) in groups.iter() {
+                match &g.success {
+                    Some(s) => {
+                        entry.insert(
+                            id.to_string(),
+                            PersistedGroup::of(&s.snapshot, s.last_change),
+                        );
+                    }
+                    None => unseen.push(id.clone()),
+                }
+            }
+            pending.push((sdkappid, unseen));
+        }
+        let seeds = lock(&self.seeds);
+        for (sdkappid, ids) in pending {
+            let Some(app_seeds) = seeds.get(&sdkappid) else {
+                continue;
+            };
+            let entry = out.apps.entry(sdkappid).or_default();
+            for id in ids {
+                if let Some(seed) = app_seeds.get(&id) {
+                    entry.insert(
+                        id.to_string(),
+                        PersistedGroup::of(&seed.snapshot, seed.last_change),
+                    );
+                }
+            }
+        }
+        out.apps.retain(|_, groups| !groups.is_empty());
+        out
+    }
+
+    fn app_list(&self) -> Vec<(u64, Arc<AppState>)> {
+        self.apps
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, app)| (*id, Arc::clone(app)))
+            .collect()
+    }
+
+    /// The apps with assigned groups, in `sdkappid` order: what `/metrics` renders from. Taken
+    /// at once from the app table, which is not locked while the caller walks the apps; an app
+    /// a reload removes meanwhile is still walked, one it adds is not.
+    pub fn apps(&self) -> Vec<AppView> {
+        self.app_list()
+            .into_iter()
+            .map(|(sdkappid, state)| AppView { sdkappid, state })
+            .collect()
+    }
+}
+
+/// One app of the [`Store`], read-only.
+#[derive(Debug, Clone)]
+pub struct AppView {
+    sdkappid: u64,
+    state: Arc<AppState>,
+}
+
+impl AppView {
+    pub fn sdkappid(&self) -> u64 {
+        self.sdkappid
+    }
+
+    /// Calls `f` with every group assigned to the app, polled yet or not, in ascending bytewise
+    /// order of `group_id`. The app's lock is held while `f` runs, for at most [`RENDER_CHUNK`]
+    /// groups at a time, so `f` should be quick and must not call into the [`Store`] (it would
+    /// deadlock). A change between chunks (a poll, a reload) shows in the later chunks only.
+    pub fn for_each_group(&self, mut f: impl FnMut(GroupView<'_>)) {
+        let mut cursor: Option<Box<str>> = None;
+        loop {
+            let groups = lock(&self.state.groups);
+            let range = match &cursor {
+                None => groups.range::<str, _>(..),
+                Some(c) => groups.range::<str, _>((Bound::Excluded(&**c), Bound::Unbounded)),
+            };
+            let mut seen = 0;
+            let mut last = None;
+            for (id, group) in range.take(RENDER_CHUNK) {
+                seen += 1;
+                f(GroupView { id, group });
+                last = Some(id);
+            }
+            cursor = last.cloned();
+            drop(groups);
+            if seen < RENDER_CHUNK {
+                break;
+            }
+        }
+    }
+}
+
+/// One assigned group, read-only, while its app's lock is held.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupView<'a> {
+    id: &'a str,
+    group: &'a Group,
+}
+
+impl<'a> GroupView<'a> {
+    #[inline]
+    pub fn group_id(self) -> &'a str {
+        self.id
+    }
+
+    /// `ErrorCode` of the latest poll: 0 on success, -1 when no valid answer came; `None` before
+    /// the first poll, when the group has no series yet.
+    #[inline]
+    pub fn error_code(self) -> Option<i64> {
+        self.group.error_code
+    }
+
+    /// The last successful poll and what changed, which the attribute series show; `None` before
+    /// the first success and after the API said the group is gone or unreadable.
+    #[inline]
+    pub fn success(self) -> Option<SuccessView<'a>> {
+        self.group.success.as_deref().map(SuccessView)
+    }
+}
+
+/// A group's last successful poll, read-only.
+#[derive(Debug, Clone, Copy)]
+pub struct SuccessView<'a>(&'a Success);
+
+impl<'a> SuccessView<'a> {
+    /// Number of attributes.
+    #[inline]
+    pub fn attributes(self) -> usize {
+        self.0.snapshot.attrs.len()
+    }
+
+    /// Bytes of all values.
+    #[inline]
+    pub fn bytes(self) -> u64 {
+        self.0.snapshot.bytes()
+    }
+
+    /// [`set_hash`](crate::snapshot::set_hash) of the attributes.
+    #[inline]
+    pub fn set_hash(self) -> u64 {
+        self.0.snapshot.set_hash
+    }
+
+    /// Each key with the [`hash48`](crate::snapshot::hash48) of its value, in ascending bytewise
+    /// order of the keys.
+    #[inline]
+    pub fn value_hashes(self) -> impl ExactSizeIterator<Item = (&'a str, u64)> {
+        self.0.snapshot.attrs.iter().map(|a| (&*a.key, a.hash))
+    }
+
+    /// Keys added, removed and modified between consecutive successful polls, since the baseline.
+    #[inline]
+    pub fn changes(self) -> ChangeCounts {
+        self.0.changes
+    }
+
+    /// Unix time a change was last seen; 0 before the first one.
+    #[inline]
+    pub fn last_change(self) -> f64 {
+        self.0.last_change
+    }
+
+    /// Unix time of the last successful poll.
+    #[inline]
+    pub fn last_success(self) -> f64 {
+        self.0.last_success
+    }
+}
+
+/// Poll results and random histories for the tests of the store and of what renders it.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::outcome::{ApiError, FailureReason};
+    use proptest::prelude::*;
+
+    pub(crate) fn ok(attrs: &[(String, String)]) -> Outcome<Attributes> {
+        Outcome::Ok(attrs.to_vec())
+    }
+
+    pub(crate) fn api(code: i64) -> Outcome<Attributes> {
+        Outcome::Api(ApiError::from_code(code, "").expect("a non-zero code"))
+    }
+
+    pub(crate) fn no_answer() -> Outcome<Attributes> {
+        Outcome::NoAnswer(FailureReason::Timeout)
+    }
+
+    pub(crate) fn attrs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// A store with `groups` assigned to app 1.
+    pub(crate) fn store_with(groups: &[&str]) -> Store {
+        let store = Store::new();
+        let ids: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        store.set_assigned(1, &ids, Seeds::DropUnlisted);
+        store
+    }
+
+    #[derive(Debug, Clone)]
+    pub(crate) enum Op {
+        Assign(Vec<u8>),
+        Poll(u8, Option<Vec<(String, String)>>, i64),
+    }
+
+    pub(crate) fn op() -> impl Strategy<Value = Op> {
+        let attr = ("[a-c\"\\\\\n é]{0,3}", "\\PC{0,8}");
+        prop_oneof![
+            proptest::collection::vec(0u8..6, 0..6).prop_map(Op::Assign),
+            (
+                0u8..6,
+                proptest::option::of(proptest::collection::vec(attr, 0..5)),
+                prop_oneof![Just(-1i64), Just(10010), Just(10002), Just(10007)],
+            )
+                .prop_map(|(g, a, c)| Op::Poll(g, a, c)),
+        ]
+    }
+
+    fn gid(g: u8) -> String {
+        ["a", "b\"", "c\\", "d\n", "é", "@TGS#x"][usize::from(g) % 6].to_string()
+    }
+
+    /// A store of app 7 after `ops`, with group IDs that need escaping in label values.
+    pub(crate) fn store_after(ops: Vec<Op>) -> Store {
+        let store = Store::new();
+        store.set_assigned(7, (0..6).map(gid), Seeds::DropUnlisted);
+        for (t, op) in ops.into_iter().enumerate() {
+            let t = t as f64;
+            match op {
+                Op::Assign(gs) => {
+                    store.set_assigned(7, gs.into_iter().map(gid), Seeds::DropUnlisted)
+                }
+                Op::Poll(g, Some(a), _) => {
+                    store.apply(7, &gid(g), &ok(&a), t);
+                }
+                Op::Poll(g, None, -1) => {
+                    store.apply(7, &gid(g), &no_answer(), t);
+                }
+                Op::Poll(g, None, code) => {
+                    store.apply(7, &gid(g), &api(code), t);
+                }
+            }
+        }
+        store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use crate::snapshot::{hash48, set_hash};
+    use proptest::prelude::*;
+
+    /// What the view shows of a group's last success, owned.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Seen {
+        attributes: usize,
+        bytes: u64,
+        set_hash: u64,
+        value_hashes: Vec<(String, u64)>,
+        changes: ChangeCounts,
+        last_change: f64,
+        last_success: f64,
+    }
+
+    /// Every group the view walks, in its order: `(sdkappid, group_id, error_code, success)`.
+    fn walk(store: &Store) -> Vec<(u64, String, Option<i64>, Option<Seen>)> {
+        let mut out = Vec::new();
+        for app in store.apps() {
+            app.for_each_group(|g| {
+                let seen = g.success().map(|s| Seen {
+                    attributes: s.attributes(),
+                    bytes: s.bytes(),
+                    set_hash: s.set_hash(),
+                    value_hashes: s.value_hashes().map(|(k, h)| (k.to_string(), h)).collect(),
+                    changes: s.changes(),
+                    last_change: s.last_change(),
+                    last_success: s.last_success(),
+                });
+                out.push((
+                    app.sdkappid(),
+                    g.group_id().to_string(),
+                    g.error_code(),
+                    seen,
+                ));
+            });
+        }
+        out
+    }
+
+    /// Group `id` of app 1: `None` when not assigned, else its error code and success.
+    fn group(store: &Store, id: &str) -> Option<(Option<i64>, Option<Seen>)> {
+        walk(store)
+            .into_iter()
+            .find(|(app, g, _, _)| *app == 1 && g == id)
+            .map(|(_, _, code, seen)| (code, seen))
+    }
+
+    fn success(store: &Store, id: &str) -> Option<Seen> {
+        group(store, id).and_then(|(_, s)| s)
+    }
+
+    fn counts(added: u64, removed: u64, modified: u64) -> ChangeCounts {
+        ChangeCounts {
+            added,
+            removed,
+            modified,
+        }
+    }
+
+    #[test]
+    fn store_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Store>();
+    }
+
+    #[test]
+    fn first_success_is_the_baseline_then_changes_are_counted() {
+        let store = store_with(&["g"]);
+        assert_eq!(
+            store.apply(1, "g", &ok(&attrs(&[("a", "1"), ("b", "2")])), 100.0),
+            None
+        );
+        let s = success(&store, "g").expect("a success");
+        assert_eq!(s.changes, counts(0, 0, 0));
+        assert_eq!(s.last_change, 0.0);
+        assert_eq!(s.last_success, 100.0);
+        assert_eq!(s.attributes, 2);
+        assert_eq!(s.bytes, 2);
+
+        // Same set: nothing counted, last success moves.
+        let same = attrs(&[("a", "1"), ("b", "2")]);
+        assert_eq!(store.apply(1, "g", &ok(&same), 110.5), None);
+        let s = success(&store, "g").expect("a success");
+        assert_eq!(s.changes, counts(0, 0, 0));
+        assert_eq!(s.last_success, 110.5);
+
+        // Add c, remove a, modify b.
+        let next = attrs(&[("b", "22"), ("c", "3")]);
+        let got = store.apply(1, "g", &ok(&next), 120.0);
+        assert_eq!(
+            got,
+            Some(Changes {
+                added: vec!["c".into()],
+                removed: vec!["a".into()],
+                modified: vec!["b".into()],
+            })
+        );
+        // Clear everything: two removed.
+        let got = store.apply(1, "g", &ok(&[]), 130.0);
+        assert_eq!(got.map(|c| c.removed.len()), Some(2));
+        // Add three.
+        let three = attrs(&[("x", "1"), ("y", "2"), ("z", "3")]);
+        assert!(store.apply(1, "g", &ok(&three), 140.0).is_some());
+        let s = success(&store, "g").expect("a success");
+        assert_eq!(s.changes, counts(4, 3, 1));
+        assert_eq!(s.last_change, 140.0);
+        assert_eq!(s.attributes, 3);
+        assert_eq!(s.set_hash, set_hash(&three));
+        assert_eq!(
+            s.value_hashes,
+            [
+                ("x".to_string(), hash48(b"1")),
+                ("y".to_string(), hash48(b"2")),
+                ("z".to_string(), hash48(b"3")),
+            ]
+        );
+        assert_eq!(group(&store, "g").map(|(code, _)| code), Some(Some(0)));
+    }
+
+    #[test]
+    fn groups_have_no_error_code_until_their_first_poll() {
+        let store = store_with(&["g", "h"]);
+        assert_eq!(group(&store, "g"), Some((None, None)));
+        assert_eq!(store.error_code(1, "g"), None);
+        store.apply(1, "g", &no_answer(), 1.0);
+        store.apply(1, "h", &api(10002), 1.0);
+        assert_eq!(group(&store, "g"), Some((Some(-1), None)));
+        assert_eq!(group(&store, "h"), Some((Some(10002), None)));
+        assert_eq!(store.error_code(1, "h"), Some(10002));
+        assert_eq!(store.error_code(1, "unassigned"), None);
+    }
+
+    #[test]
+    fn gone_groups_lose_their_success_and_come_back_as_a_fresh_baseline() {
+        let store = store_with(&["g"]);
+        store.apply(1, "g", &ok(&attrs(&[("a", "1")])), 1.0);
+        store.apply(1, "g", &ok(&attrs(&[("a", "2")])), 2.0);
+        for code in [10007, 10010, 10015] {
+            store.apply(1, "g", &api(code), 3.0);
+            assert_eq!(group(&store, "g"), Some((Some(code), None)));
+            // Back: a fresh baseline, counters from 0, whatever the set now is.
+            let got = store.apply(1, "g", &ok(&attrs(&[("z", "9")])), 4.0);
+            assert_eq!(got, None);
+            let (code, s) = group(&store, "g").expect("assigned");
+            assert_eq!(code, Some(0));
+            assert_eq!(s.expect("a success").changes, counts(0, 0, 0));
+        }
+    }
+
+    #[test]
+    fn transient_failures_keep_the_last_success() {
+        let store = store_with(&["g"]);
+        store.apply(1, "g", &ok(&attrs(&[("a", "1")])), 1.0);
+        store.apply(1, "g", &ok(&attrs(&[("a", "2")])), 2.0);
+        let before = success(&store, "g").expect("a success");
+        for result in [&no_answer(), &api(10002), &api(60007), &api(70001)] {
+            store.apply(1, "g", result, 3.0);
+            assert_eq!(
+                group(&store, "g"),
+                Some((Some(result.error_code()), Some(before.clone()))),
+                "{result:?}"
+            );
+        }
+        // And the next success diffs against the last successful poll.
+        let got = store.apply(1, "g", &ok(&attrs(&[("a", "3")])), 4.0);
+        assert_eq!(got.map(|c| c.modified), Some(vec!["a".to_string()]));
+    }
+
+    #[test]
+    fn a_seeded_snapshot_is_diffed_once() {
+        let old = store_with(&["g", "h"]);
+        old.apply(1, "g", &ok(&attrs(&[("a", "1"), ("b", "2")])), 1.0);
+        old.apply(1, "h", &ok(&attrs(&[("k", "v")])), 1.0);
+        let persisted = old.persisted();
+
+        let store = Store::new();
+        store.seed_from(persisted);
+        store.set_assigned(1, &["g".to_string(), "h".to_string()], Seeds::DropUnlisted);
+        // Changed while down: counted once at the first poll.
+        let got = store.apply(1, "g", &ok(&attrs(&[("a", "1"), ("c", "3")])), 50.0);
+        assert_eq!(
+            got,
+            Some(Changes {
+                added: vec!["c".into()],
+                removed: vec!["b".into()],
+                modified: vec![],
+            })
+        );
+        let same = attrs(&[("a", "1"), ("c", "3")]);
+        assert_eq!(store.apply(1, "g", &ok(&same), 60.0), None);
+        let s = success(&store, "g").expect("a success");
+        assert_eq!(s.changes, counts(1, 1, 0));
+        assert_eq!(s.last_change, 50.0);
+        // Unchanged while down: nothing counted.
+        assert_eq!(store.apply(1, "h", &ok(&attrs(&[("k", "v")])), 50.0), None);
+    }
+
+    #[test]
+    fn a_seed_survives_failures_until_the_first_success_but_not_a_deletion() {
+        let old = store_with(&["g"]);
+        old.apply(1, "g", &ok(&attrs(&[("a", "1")])), 1.0);
+        let persisted = old.persisted();
+
+        let store = store_with(&["g"]);
+        store.seed_from(persisted.clone());
+        store.apply(1, "g", &no_answer(), 2.0);
+        assert_eq!(
+            store.persisted(),
+            persisted,
+            "a pending seed is written back"
+        );
+        let got = store.apply(1, "g", &ok(&attrs(&[("a", "2")])), 3.0);
+        assert!(got.is_some());
+
+        let store = store_with(&["g"]);
+        store.seed_from(persisted);
+        store.apply(1, "g", &api(10010), 2.0);
+        assert!(store.persisted().apps.is_empty());
+        assert_eq!(store.apply(1, "g", &ok(&attrs(&[("a", "2")])), 3.0), None);
+    }
+
+    #[test]
+    fn set_assigned_keeps_staying_groups_and_drops_the_others() {
+        let store = store_with(&["g", "h"]);
+        store.apply(1, "g", &ok(&attrs(&[("a", "1")])), 1.0);
+        store.apply(1, "g", &ok(&attrs(&[("a", "2")])), 2.0);
+        store.apply(1, "h", &ok(&attrs(&[("a", "1")])), 1.0);
+        let gen_before = store.generation();
+        store.set_assigned(
+            1,
+            &["g".to_string(), "new".to_string()],
+            Seeds::DropUnlisted,
+        );
+        assert_ne!(
+            store.generation(),
+            gen_before,
+            "dropping a snapshot changes the state file"
+        );
+        let ids: Vec<String> = walk(&store).into_iter().map(|(_, id, _, _)| id).collect();
+        assert_eq!(ids, ["g", "new"]);
+        assert_eq!(success(&store, "g").expect("kept").changes, counts(0, 0, 1));
+        assert_eq!(group(&store, "new"), Some((None, None)));
+        // A late result for a dropped group is ignored.
+        assert_eq!(store.apply(1, "h", &ok(&[]), 3.0), None);
+        assert_eq!(group(&store, "h"), None);
+        assert!(!store.persisted().apps[&1].contains_key("h"));
+
+        store.remove_app(1);
+        assert!(walk(&store).is_empty());
+        assert!(store.apps().is_empty());
+        assert_eq!(store.apply(1, "g", &no_answer(), 4.0), None);
+    }
+
+    #[test]
+    fn generation_moves_only_when_the_state_file_would_change() {
+        let store = store_with(&["g"]);
+        let g0 = store.generation();
+        store.apply(1, "g", &no_answer(), 1.0);
+        assert_eq!(store.generation(), g0);
+        store.apply(1, "g", &ok(&attrs(&[("a", "1")])), 1.0);
+        let g1 = store.generation();
+        assert_ne!(g1, g0);
+        store.apply(1, "g", &ok(&attrs(&[("a", "1")])), 2.0);
+        store.apply(1, "g", &api(10002), 3.0);
+        assert_eq!(store.generation(), g1);
+        store.apply(1, "g", &ok(&attrs(&[("a", "2")])), 4.0);
+        assert_ne!(store.generation(), g1);
+    }
+
+    #[test]
+    fn the_view_walks_apps_then_groups_in_order_across_chunks() {
+        let ids: Vec<String> = (0..RENDER_CHUNK * 2 + 7)
+            .map(|i| format!("g{i:05}"))
+            .collect();
+        let store = Store::new();
+        store.set_assigned(2, ["b", "a\"", "B", "é"], Seeds::DropUnlisted);
+        store.set_assigned(1, &ids, Seeds::DropUnlisted);
+        for id in &ids {
+            store.apply(1, id, &no_answer(), 1.0);
+        }
+        let walked: Vec<(u64, String)> = walk(&store)
+            .into_iter()
+            .map(|(app, id, _, _)| (app, id))
+            .collect();
+        let mut want: Vec<(u64, String)> = ids.iter().map(|id| (1, id.clone())).collect();
+        // Bytewise: "B" (0x42) < "a" (0x61) < "b" < "é" (0xc3..).
+        want.extend(["B", "a\"", "b", "é"].map(|id| (2, id.to_string())));
+        assert_eq!(walked, want);
+    }
+
+    #[test]
+    fn persisted_holds_hashes_and_lengths_never_values() {
+        let store = store_with(&["g", "h"]);
+        store.apply(
+            1,
+            "g",
+            &ok(&attrs(&[("a", "secret value"), ("b", "")])),
+            1.0,
+        );
+        store.apply(1, "g", &ok(&attrs(&[("a", "secret value 2")])), 7.5);
+        store.apply(1, "h", &no_answer(), 1.0);
+        let persisted = store.persisted();
+        let text = serde_json::to_string(&persisted).expect("serialisable");
+        assert!(
+            !text.contains("secret value"),
+            "values never reach the state file"
+        );
+        let g = &persisted.apps[&1]["g"];
+        assert_eq!(g.attributes.len(), 1);
+        assert_eq!(g.attributes[0].hash, hash48(b"secret value 2"));
+        assert_eq!(g.attributes[0].bytes, 14);
+        assert_eq!(g.last_change_timestamp_seconds, 7.5);
+        assert!(!persisted.apps[&1].contains_key("h"));
+    }
+
+    proptest! {
+        #[test]
+        fn the_state_file_of_any_state_reads_back_to_itself(ops in proptest::collection::vec(op(), 0..40)) {
+            let p = store_after(ops).persisted();
+            let bytes = serde_json::to_vec(&p).expect("serialisable");
+            prop_assert_eq!(crate::state_file::parse_state(&bytes).ok(), Some(p));
+        }
+    }
+}
