@@ -1136,9 +1136,9 @@ fn scenario_files_parse() {
         Scenario::from_yaml(&bench.replace("TIMATTR_BENCH_SECRET_KEY", "TIMATTR_SURELY_UNSET_VAR"))
             .expect_err("the variable is not set");
     assert!(
-        missing
-            .to_string()
-            .contains("apps[0].secret_key_env: the environment variable it names is not set"),
+        missing.to_string().contains(
+            "apps[0].secret_key_env: environment variable TIMATTR_SURELY_UNSET_VAR is not set"
+        ),
         "{missing}"
     );
     let bench =

@@ -39,6 +39,8 @@ const METRIC_FAMILIES: &[&str] = &[
     "timattr_config_last_reload_success_timestamp_seconds",
     "timattr_shard_ordinal",
     "timattr_total_shards",
+    "timattr_callbacks_total",
+    "timattr_callback_rejections_total",
 ];
 
 /// The histogram families among them: their `_bucket`, `_sum` and `_count` series are queried.
