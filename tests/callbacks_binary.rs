@@ -24,7 +24,7 @@ fn free_port() -> u16 {
 async fn callbacks_through_the_binary_never_show_the_token() {
     let server = fake_with_app().await;
     group(&server, "@TGS#bin", &[("k", "v1")]);
-    let cfg = ConfigDir::new(&server.base_url().to_string(), &["@TGS#bin"], "");
+    let cfg = ConfigDir::new(server.base_url().as_ref(), &["@TGS#bin"], "");
     std::fs::write(cfg.dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
     let yaml = std::fs::read_to_string(cfg.path())
         .unwrap()
