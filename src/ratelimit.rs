@@ -34,6 +34,23 @@ pub const JITTER_MARGIN: f64 = 1.01;
 /// (10 ms), and above tokio's 1 ms timer resolution so that ordinary wake-ups never count.
 pub const LATE_TOLERANCE: Duration = Duration::from_millis(3);
 
+/// The tolerance at low rates, where slots are at least [`SLOW_SPACING`] apart. There the 1%
+/// margin is only a few milliseconds per spacing (3.4 ms at 3/s), and three slots each late by
+/// up to 3 ms ate it (a 60007 from the fake in CI at 3/s); a re-base costs little there, since a
+/// millisecond is under 2% of a spacing.
+pub const SLOW_LATE_TOLERANCE: Duration = Duration::from_millis(1);
+
+/// Spacings from this long up use [`SLOW_LATE_TOLERANCE`] (rates up to 20/s).
+pub const SLOW_SPACING: Duration = Duration::from_millis(50);
+
+fn tolerance(spacing: Duration) -> Duration {
+    if spacing >= SLOW_SPACING {
+        SLOW_LATE_TOLERANCE
+    } else {
+        LATE_TOLERANCE
+    }
+}
+
 /// The lowest rate accepted; lower (or non-finite) rates are raised to it. Config validation
 /// rejects such values first; this only keeps the arithmetic finite.
 const MIN_RATE: f64 = 0.001;
@@ -123,7 +140,7 @@ impl RateLimiter {
         // caller a little late); past that, idle time is not banked and the grid re-bases.
         let slot = match inner.next {
             Some(next) if next > now => return None,
-            Some(next) if next + LATE_TOLERANCE >= now => next,
+            Some(next) if next + tolerance(inner.spacing) >= now => next,
             _ => now,
         };
         let spacing = inner.spacing_at(slot);
@@ -142,10 +159,10 @@ impl RateLimiter {
     /// closer than one spacing at the server.
     pub fn sending(&self, slot: &Slot) {
         let now = Instant::now();
-        if now <= slot.at + LATE_TOLERANCE {
+        let mut inner = self.lock();
+        if now <= slot.at + tolerance(inner.spacing) {
             return;
         }
-        let mut inner = self.lock();
         let rebased = now + inner.spacing_at(now);
         if inner.next.is_none_or(|next| next < rebased) {
             inner.next = Some(rebased);
