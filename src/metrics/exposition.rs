@@ -1,11 +1,14 @@
 //! Writing Prometheus text format 0.0.4 by hand: sample line starts, numbers, label escaping.
 //!
 //! Hot at scrape time (a dozen lines per group), so built with `push_str` and a hand-rolled
-//! integer writer rather than `write!`, which is several times slower per line.
+//! integer writer rather than `write!`, which is several times slower per line. The smallest
+//! are `#[inline]`: called from another module they were no longer inlined, which cost the
+//! render benchmark ~8% more instructions.
 
 use std::fmt::Write as _;
 
 /// Starts a sample line: `name{labels extra} `.
+#[inline]
 pub(super) fn start(out: &mut String, name: &str, labels: &str, extra: &str) {
     out.push_str(name);
     out.push('{');
@@ -28,6 +31,7 @@ pub(super) fn push_u64(out: &mut String, mut v: u64) {
     out.push_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
 }
 
+#[inline]
 pub(super) fn push_i64(out: &mut String, v: i64) {
     if v < 0 {
         out.push('-');
@@ -53,6 +57,7 @@ pub(super) fn escape_label_value(out: &mut String, value: &str) {
 
 /// Writes a sample value and the line's end: integers without a fraction, Go's spellings for the
 /// non-finite values.
+#[inline]
 pub(super) fn write_f64(out: &mut String, v: f64) {
     if v.is_nan() {
         out.push_str("NaN\n");
