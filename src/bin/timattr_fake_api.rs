@@ -1,6 +1,7 @@
 //! `timattr_fake_api`: the fake Tencent Chat API as a process, for the end-to-end test, load
 //! generators and shell users. Prints `listening on http://ADDR` once bound; exits 0 on
 //! SIGTERM or SIGINT, 64 for a bad command line or scenario, 1 if it cannot bind.
+//! `--callback-url` makes every app send its callbacks there, as the Chat console would.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -9,7 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use timattr_exporter::fake::{Fake, Scenario, demo_scenario};
+use timattr_exporter::fake::{CallbackTarget, Fake, Scenario, demo_scenario};
+use timattr_exporter::secret::SecretKey;
+use url::Url;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +29,21 @@ struct Args {
     /// The built-in demo scenario (the one `timattr_exporter --demo` uses).
     #[arg(long)]
     demo: bool,
+    /// Send every app's callbacks (attribute changes, destroyed and created groups) here,
+    /// e.g. http://127.0.0.1:9100/callback; apps may override it with POST /fake/callback.
+    #[arg(long, value_name = "URL", value_parser = parse_callback_url)]
+    callback_url: Option<Url>,
+    /// Sign the callbacks with this token (adds Sign and RequestTime).
+    #[arg(long, value_name = "TOKEN", requires = "callback_url")]
+    callback_token: Option<String>,
+}
+
+fn parse_callback_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("the callback URL must be http or https".to_owned());
+    }
+    Ok(url)
 }
 
 #[tokio::main]
@@ -79,6 +97,18 @@ async fn main() -> ExitCode {
         }
     };
     let fake = Fake::new(scenario);
+    if let Some(url) = args.callback_url {
+        let mut target = CallbackTarget::new(url);
+        if let Some(token) = args.callback_token {
+            target = target.with_token(SecretKey::new(token));
+        }
+        tracing::info!(
+            url = %target.url,
+            signed = target.token.is_some(),
+            "sending callbacks"
+        );
+        fake.set_default_callback(Some(target));
+    }
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on http://{addr}");

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::callback::{AttrOption, Change};
 use super::fault::{HANG_MAX, Injected, Spoil};
 use super::model::{
     Api, App, GroupType, INVALID_PARAMETER, MAX_LIST_LIMIT, NO_PERMISSION, VERIFIED_CACHE_CAP,
@@ -48,11 +50,13 @@ const INVALID_QUERY_PARAMETER: i64 = 70402;
 
 /// Serves one connection until it closes or shutdown fires (then gracefully).
 pub(super) async fn serve_connection(fake: Fake, stream: TcpStream, stop: watch::Receiver<bool>) {
+    // The caller's address is the `ClientIP` of the callbacks its writes cause.
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
     let svc_stop = stop.clone();
     let service = hyper::service::service_fn(move |req| {
         let fake = fake.clone();
         let stop = svc_stop.clone();
-        async move { handle(fake, req, stop).await }
+        async move { handle(fake, req, stop, peer).await }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -86,6 +90,7 @@ async fn handle(
     fake: Fake,
     req: Request<Incoming>,
     mut stop: watch::Receiver<bool>,
+    peer: Option<IpAddr>,
 ) -> Result<Response<Body>, HungUp> {
     if req.uri().path() == "/fake" || req.uri().path().starts_with("/fake/") {
         return Ok(control::handle(&fake, req).await);
@@ -101,7 +106,7 @@ async fn handle(
         Ok(collected) => Some(collected.to_bytes()),
         Err(_) => None,
     };
-    let reply = fake.decide(api, &method, &query, body, arrived);
+    let reply = fake.decide(api, &method, &query, body, arrived, peer);
     if !reply.delay.is_zero() {
         tokio::select! {
             () = tokio::time::sleep(reply.delay) => {}
@@ -227,7 +232,8 @@ fn apply_fault(
 }
 
 impl Fake {
-    /// Settles the answer to one API request and records it.
+    /// Settles the answer to one API request, records it and queues the callback a successful
+    /// change calls for.
     fn decide(
         &self,
         api: Option<Api>,
@@ -235,6 +241,7 @@ impl Fake {
         query: &str,
         body: Option<Bytes>,
         arrived: Instant,
+        peer: Option<IpAddr>,
     ) -> Reply {
         let params = query_params(query);
         let app_label = params
@@ -246,7 +253,7 @@ impl Fake {
         let mut spoil = None;
         let mut group = None;
         let kind = self.decide_inner(
-            api, method, &params, body, arrived, &mut delay, &mut spoil, &mut group,
+            api, method, &params, body, arrived, peer, &mut delay, &mut spoil, &mut group,
         );
         let kind = match (kind, spoil) {
             (Kind::Json(v), Some(s)) => spoil_value(v, s, api),
@@ -274,6 +281,7 @@ impl Fake {
         params: &HashMap<String, String>,
         body: Option<Bytes>,
         arrived: Instant,
+        peer: Option<IpAddr>,
         delay: &mut Duration,
         spoil: &mut Option<Spoil>,
         group_label: &mut Option<String>,
@@ -324,7 +332,12 @@ impl Fake {
             }
         }
         match operate(&mut app, api, &req, arrived, group_label) {
-            Ok(extra) => {
+            Ok((extra, change)) => {
+                // A fault that spoils the answer does not undo the change: Tencent would still
+                // call back.
+                if let Some(change) = change {
+                    self.changed(&app, change, peer);
+                }
                 let mut v = envelope(0, "");
                 v.extend(extra);
                 Kind::Json(Value::Object(v))
@@ -411,15 +424,17 @@ fn attr_list(req: &Map<String, Value>, with_values: bool) -> Result<Vec<(&str, &
         .collect()
 }
 
-/// Performs the call on the app; `Ok` holds the fields to add to the success envelope.
-fn operate(
+/// Performs the call on the app; `Ok` holds the fields to add to the success envelope and the
+/// change made, if any.
+fn operate<'a>(
     app: &mut App,
     api: Api,
-    req: &Map<String, Value>,
+    req: &'a Map<String, Value>,
     now: Instant,
     group_label: &mut Option<String>,
-) -> Result<Map<String, Value>, i64> {
+) -> Result<(Map<String, Value>, Option<Change<'a>>), i64> {
     let mut out = Map::new();
+    let mut change = None;
     match api {
         Api::GetGroupAttr => {
             let group = app.attr_group(str_field(req, "GroupId")?)?;
@@ -433,23 +448,46 @@ fn operate(
         Api::ModifyGroupAttr | Api::SetGroupAttr => {
             let id = str_field(req, "GroupId")?;
             let attrs = attr_list(req, true)?;
-            let kind = if api == Api::SetGroupAttr {
-                WriteKind::Set
+            let (kind, option) = if api == Api::SetGroupAttr {
+                (WriteKind::Set, AttrOption::Set)
             } else {
-                WriteKind::Modify
+                (WriteKind::Modify, AttrOption::Modify)
             };
             app.write_attrs(id, kind, &attrs, Some(now))?;
+            change = Some(Change::Attrs {
+                group_id: id,
+                option,
+                attrs,
+            });
         }
         Api::DeleteGroupAttr => {
             let id = str_field(req, "GroupId")?;
-            let keys: Vec<&str> = attr_list(req, false)?.into_iter().map(|(k, _)| k).collect();
+            let attrs = attr_list(req, false)?;
+            let keys: Vec<&str> = attrs.iter().map(|(k, _)| *k).collect();
             app.delete_attrs(id, &keys, Some(now))?;
+            change = Some(Change::Attrs {
+                group_id: id,
+                option: AttrOption::Delete,
+                attrs,
+            });
         }
         Api::ClearGroupAttr => {
             let id = str_field(req, "GroupId")?;
             app.write_attrs(id, WriteKind::Set, &[], Some(now))?;
+            change = Some(Change::Attrs {
+                group_id: id,
+                option: AttrOption::Clear,
+                attrs: Vec::new(),
+            });
         }
-        Api::DestroyGroup => app.destroy_group(str_field(req, "GroupId")?)?,
+        Api::DestroyGroup => {
+            let id = str_field(req, "GroupId")?;
+            let group = app.destroy_group(id)?;
+            change = Some(Change::Destroyed {
+                group_id: id,
+                group,
+            });
+        }
         Api::CreateGroup => {
             let group_type: GroupType = str_field(req, "Type")?
                 .parse()
@@ -461,9 +499,20 @@ fn operate(
                 }
                 Some(v) => v.as_str().ok_or(INVALID_PARAMETER)?.to_owned(),
             };
+            let name = match req.get("Name") {
+                None => None,
+                Some(v) => Some(v.as_str().ok_or(INVALID_PARAMETER)?),
+            };
             *group_label = Some(id.clone());
             app.create_group(&id, group_type)?;
-            out.insert("GroupId".into(), Value::from(id));
+            if let Some(name) = name {
+                app.groups
+                    .get_mut(&id)
+                    .expect("create_group just made it")
+                    .name = name.to_owned();
+            }
+            out.insert("GroupId".into(), Value::from(id.clone()));
+            change = Some(Change::Created { group_id: id });
         }
         Api::GetAppidGroupList => {
             let limit = match req.get("Limit") {
@@ -493,7 +542,7 @@ fn operate(
             out.insert("Next".into(), Value::from(next));
         }
     }
-    Ok(out)
+    Ok((out, change))
 }
 
 /// Applies the spoils that change the JSON itself; the byte-level ones wait for rendering.

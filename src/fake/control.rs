@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::api::{Body, json_response};
 use super::model::{GroupType, RateLimits};
-use super::{AppSpec, Fake, Fault, FaultTarget};
+use super::{AppSpec, CallbackEvent, CallbackTarget, Fake, Fault, FaultTarget, SentCallback};
 use crate::secret::SecretKey;
 
 /// Control bodies are small; a scenario's worth of attributes fits easily.
@@ -46,7 +46,65 @@ pub(super) async fn handle(fake: &Fake, req: Request<Incoming>) -> Response<Body
         Ok(b) => b.to_bytes(),
         Err(e) => return respond(Err(bad(format!("cannot read the body: {e}")))),
     };
+    // The one control request that waits on the network; `route` stays synchronous.
+    if method == Method::POST && path.trim_end_matches('/') == "/fake/callback/raw" {
+        return respond(raw_callback(fake, &body).await);
+    }
     respond(route(fake, &method, &path, &query, &body))
+}
+
+/// `POST /fake/callback/raw`: `{"status":N}` from the receiver, or `{"error":..}` for a
+/// transport error (both HTTP 200: the send was done, whatever came of it).
+async fn raw_callback(fake: &Fake, body: &Bytes) -> Answer {
+    let raw: RawCallback = parse(body)?;
+    match fake
+        .send_raw_callback(&raw.url, &raw.query, raw.body.into_bytes())
+        .await
+    {
+        Ok(status) => Ok(json!({ "status": status })),
+        Err(error) => Ok(json!({ "error": error })),
+    }
+}
+
+fn set_callback(fake: &Fake, body: &Bytes) -> Answer {
+    let c: SetCallback = parse(body)?;
+    let target = match c.url {
+        None => None,
+        Some(url) => {
+            let url = url::Url::parse(&url).map_err(|e| bad(format!("invalid url: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(bad("the url must be http or https"));
+            }
+            let mut target = CallbackTarget::new(url);
+            if let Some(token) = c.token {
+                target = target.with_token(SecretKey::new(token));
+            }
+            if let Some(events) = c.events {
+                target = target.with_events(events);
+            }
+            Some(target)
+        }
+    };
+    match c.sdkappid {
+        Some(app) => fake.set_callback(app, target),
+        None => fake.set_default_callback(target),
+    }
+    ok()
+}
+
+fn sent_callback_json(c: &SentCallback) -> Value {
+    let mut v = json!({
+        "seconds": c.at.as_secs_f64(),
+        "sdkappid": c.sdkappid,
+        "command": c.command,
+        "group_id": c.group_id,
+        "url": c.url,
+    });
+    match &c.answer {
+        Ok(status) => v["status"] = Value::from(*status),
+        Err(error) => v["error"] = Value::from(error.as_str()),
+    }
+    v
 }
 
 fn respond(answer: Answer) -> Response<Body> {
@@ -139,6 +197,15 @@ fn route(fake: &Fake, method: &Method, path: &str, query: &str, body: &Bytes) ->
             let k: NewKey = parse(body)?;
             fake.set_secret_key(k.sdkappid, SecretKey::new(k.secret_key));
             ok()
+        }
+        "callback" if post => set_callback(fake, body),
+        "callbacks" if get => {
+            let sent: Vec<Value> = fake
+                .sent_callbacks()
+                .iter()
+                .map(sent_callback_json)
+                .collect();
+            Ok(json!({ "sent": sent, "dropped": fake.dropped_callbacks() }))
         }
         "attr_support" if post => {
             let s: AttrSupport = parse(body)?;
@@ -317,6 +384,32 @@ struct AttrSupport {
     sdkappid: u64,
     group_type: GroupType,
     supported: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetCallback {
+    /// Absent: the target of every app without its own.
+    #[serde(default)]
+    sdkappid: Option<u64>,
+    /// `null` or absent clears the target.
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
+    /// Absent: all three.
+    #[serde(default)]
+    events: Option<Vec<CallbackEvent>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCallback {
+    url: String,
+    #[serde(default)]
+    query: String,
+    #[serde(default)]
+    body: String,
 }
 
 #[cfg(test)]

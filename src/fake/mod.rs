@@ -46,11 +46,20 @@
 //! | `POST /fake/fault` `{"sdkappid","group_id"?,"fault":F or null}` | set or clear a fault ([`Fault`]'s JSON form) |
 //! | `POST /fake/key` `{"sdkappid","secret_key"}` | rotate the app's key |
 //! | `POST /fake/attr_support` `{"sdkappid","group_type","supported"}` | switch attribute support per type |
+//! | `POST /fake/callback` `{"sdkappid"?,"url" or null,"token"?,"events"?}` | set or clear a callback target ([`Fake::set_callback`]; no `sdkappid`: [`Fake::set_default_callback`]) |
+//! | `GET /fake/callbacks` | `{"sent":[..],"dropped":N}`: [`Fake::sent_callbacks`] |
+//! | `POST /fake/callback/raw` `{"url","query"?,"body"?}` | `{"status":N}` or `{"error":..}`: [`Fake::send_raw_callback`] |
 //!
 //! Control answers: 200 `{"ok":true}`; 400 `{"error":..}` for a malformed request; 422
 //! `{"error_code":N}` when the fake's own rules reject it (the code the API would answer).
+//!
+//! # Callbacks
+//! After each successful attribute write, `destroy_group` and `create_group`, however made, the
+//! fake sends the matching Tencent callback to the app's [`CallbackTarget`], if any, from a
+//! bounded queue, so the call is never slowed (see `callback.rs`).
 
 mod api;
+mod callback;
 mod control;
 mod demo;
 mod fault;
@@ -69,6 +78,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use callback::{
+    CALLBACK_QUEUE_CAPACITY, CALLBACK_TIMEOUT, CallbackEvent, CallbackTarget, MAX_SENT_CALLBACKS,
+    OPT_PLATFORM, SentCallback, callback_sign,
+};
 pub use demo::{
     DEMO_IDENTIFIER, DEMO_POLL_INTERVAL, DEMO_SDKAPPID, DEMO_SECRET_KEY, demo_config,
     demo_group_ids, demo_scenario,
@@ -85,6 +98,7 @@ pub use scenario::{
 pub use stats::{AppCounts, Counts, MAX_TIMES_PER_API, Tally};
 
 use crate::secret::SecretKey;
+use callback::{AttrOption, Callbacks, Change};
 use fault::FaultSlot;
 use model::{App, SDKAPPID_NOT_FOUND, WriteKind};
 use stats::Stats;
@@ -107,6 +121,8 @@ struct Inner {
     apps: RwLock<HashMap<u64, Arc<Mutex<App>>>>,
     stats: Mutex<Stats>,
     events: Vec<Event>,
+    /// Callback targets, the send queue and what was sent.
+    callbacks: Callbacks,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -119,12 +135,14 @@ impl Fake {
     /// Entries the rules reject (a group with an invalid ID, attributes over the limits) are
     /// skipped with a warning; [`Scenario::from_yaml`] reports them as errors instead.
     pub fn new(scenario: Scenario) -> Fake {
+        let start = Instant::now();
         let fake = Fake {
             inner: Arc::new(Inner {
-                start: Instant::now(),
+                start,
                 apps: RwLock::new(HashMap::new()),
                 stats: Mutex::new(Stats::default()),
                 events: scenario.events.clone(),
+                callbacks: Callbacks::new(start),
             }),
         };
         for app in scenario.apps.iter().cloned() {
@@ -254,26 +272,31 @@ impl Fake {
             .insert(sdkappid, Arc::new(Mutex::new(App::new(app))));
     }
 
+    /// Creates a group; sends `Group.CallbackAfterCreateGroup` if the app's target wants it.
     pub fn create_group(
         &self,
         sdkappid: u64,
         group_id: &str,
         group_type: GroupType,
     ) -> Result<(), i64> {
-        self.with_app(sdkappid, |app| app.create_group(group_id, group_type))
+        self.with_app(sdkappid, |app| {
+            app.create_group(group_id, group_type)?;
+            let group_id = group_id.to_owned();
+            self.changed(app, Change::Created { group_id }, None);
+            Ok(())
+        })
     }
 
     /// Replaces all attributes of a group. The documented limits apply (10045..10048), except
-    /// the 5 writes/s, which binds API clients only.
+    /// the 5 writes/s, which binds API clients only. Like every attribute write here, sends
+    /// `Group.CallbackAfterGroupAttrChanged` if the app's target wants it.
     pub fn set_attrs(
         &self,
         sdkappid: u64,
         group_id: &str,
         attrs: &[(&str, &str)],
     ) -> Result<(), i64> {
-        self.with_app(sdkappid, |app| {
-            app.write_attrs(group_id, WriteKind::Set, attrs, None)
-        })
+        self.write_attrs(sdkappid, group_id, AttrOption::Set, attrs)
     }
 
     /// Adds or updates attributes, keeping the others; limits as for [`Fake::set_attrs`].
@@ -283,18 +306,49 @@ impl Fake {
         group_id: &str,
         attrs: &[(&str, &str)],
     ) -> Result<(), i64> {
-        self.with_app(sdkappid, |app| {
-            app.write_attrs(group_id, WriteKind::Modify, attrs, None)
-        })
+        self.write_attrs(sdkappid, group_id, AttrOption::Modify, attrs)
     }
 
     /// Removes the named attributes; absent keys are ignored.
     pub fn delete_attrs(&self, sdkappid: u64, group_id: &str, keys: &[&str]) -> Result<(), i64> {
-        self.with_app(sdkappid, |app| app.delete_attrs(group_id, keys, None))
+        self.with_app(sdkappid, |app| {
+            app.delete_attrs(group_id, keys, None)?;
+            let attrs = keys.iter().map(|k| (*k, "")).collect();
+            let change = Change::Attrs {
+                group_id,
+                option: AttrOption::Delete,
+                attrs,
+            };
+            self.changed(app, change, None);
+            Ok(())
+        })
     }
 
     pub fn clear_attrs(&self, sdkappid: u64, group_id: &str) -> Result<(), i64> {
-        self.set_attrs(sdkappid, group_id, &[])
+        self.write_attrs(sdkappid, group_id, AttrOption::Clear, &[])
+    }
+
+    fn write_attrs(
+        &self,
+        sdkappid: u64,
+        group_id: &str,
+        option: AttrOption,
+        attrs: &[(&str, &str)],
+    ) -> Result<(), i64> {
+        let kind = match option {
+            AttrOption::Modify => WriteKind::Modify,
+            _ => WriteKind::Set,
+        };
+        self.with_app(sdkappid, |app| {
+            app.write_attrs(group_id, kind, attrs, None)?;
+            let change = Change::Attrs {
+                group_id,
+                option,
+                attrs: attrs.to_vec(),
+            };
+            self.changed(app, change, None);
+            Ok(())
+        })
     }
 
     /// The group's attributes in API order, or the code `get_group_attr` would answer.
@@ -302,9 +356,56 @@ impl Fake {
         self.with_app(sdkappid, |app| Ok(app.attr_group(group_id)?.attrs.clone()))
     }
 
-    /// Destroys a group: afterwards every call naming it answers 10010.
+    /// Destroys a group: afterwards every call naming it answers 10010. Sends
+    /// `Group.CallbackAfterGroupDestroyed` if the app's target wants it.
     pub fn destroy_group(&self, sdkappid: u64, group_id: &str) -> Result<(), i64> {
-        self.with_app(sdkappid, |app| app.destroy_group(group_id))
+        self.with_app(sdkappid, |app| {
+            let group = app.destroy_group(group_id)?;
+            self.changed(app, Change::Destroyed { group_id, group }, None);
+            Ok(())
+        })
+    }
+
+    /// Sets (`Some`) or clears (`None`) where the app's callbacks go. An app without a target
+    /// of its own uses the one of [`Fake::set_default_callback`], if any; an app without
+    /// either sends none. The app need not exist yet, and the target outlives
+    /// [`Fake::add_app`] replacing it.
+    pub fn set_callback(&self, sdkappid: u64, target: Option<CallbackTarget>) {
+        self.inner.callbacks.set_target(Some(sdkappid), target);
+    }
+
+    /// The callback target of every app without one of its own (`timattr_fake_api
+    /// --callback-url`), or none.
+    pub fn set_default_callback(&self, target: Option<CallbackTarget>) {
+        self.inner.callbacks.set_target(None, target);
+    }
+
+    /// Every callback sent so far, oldest first (the last [`MAX_SENT_CALLBACKS`]), each once
+    /// its answer came or did not. Raw sends are not in it.
+    pub fn sent_callbacks(&self) -> Vec<SentCallback> {
+        self.inner.callbacks.sent()
+    }
+
+    /// Callbacks dropped because the queue was full ([`CALLBACK_QUEUE_CAPACITY`]).
+    pub fn dropped_callbacks(&self) -> u64 {
+        self.inner.callbacks.dropped()
+    }
+
+    /// POSTs `body` to `url` with `query` appended as it is, through the client that sends
+    /// the callbacks, and answers the receiver's HTTP status or the transport error: for
+    /// forged, stale, unsigned or foreign callbacks. Not queued and not recorded.
+    pub async fn send_raw_callback(
+        &self,
+        url: &str,
+        query: &str,
+        body: impl Into<bytes::Bytes>,
+    ) -> Result<u16, String> {
+        self.inner.callbacks.send_raw(url, query, body.into()).await
+    }
+
+    /// Queues the callback a change made to `app` calls for, if its target wants it.
+    fn changed(&self, app: &App, change: Change<'_>, client_ip: Option<std::net::IpAddr>) {
+        self.inner.callbacks.changed(app, change, client_ip);
     }
 
     /// Number of groups the app holds (0 for an unknown app).

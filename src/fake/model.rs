@@ -286,6 +286,8 @@ pub fn valid_group_id(id: &str) -> bool {
 #[derive(Debug)]
 pub struct Group {
     pub group_type: GroupType,
+    /// The group's name, for callbacks: `create_group`'s `Name`, else the group ID.
+    pub name: String,
     /// In insertion order, as the API returns them; at most 16, so linear search is fine.
     pub attrs: Vec<(String, String)>,
     /// Position in the app's creation order, for `get_appid_group_list` cursors.
@@ -384,6 +386,7 @@ impl App {
             id.to_owned(),
             Group {
                 group_type,
+                name: id.to_owned(),
                 attrs: Vec::new(),
                 seq,
                 writes: VecDeque::new(),
@@ -392,12 +395,11 @@ impl App {
         Ok(())
     }
 
-    pub fn destroy_group(&mut self, id: &str) -> Result<(), i64> {
-        let group = self.group(id)?;
-        let seq = group.seq;
+    /// Removes the group and hands it back (its type and name go into the callback).
+    pub fn destroy_group(&mut self, id: &str) -> Result<Group, i64> {
+        let seq = self.group(id)?.seq;
         self.order.remove(&seq);
-        self.groups.remove(id);
-        Ok(())
+        Ok(self.groups.remove(id).expect("group() checked it exists"))
     }
 
     /// The group, or the code the API answers for it (10015, 10010).
