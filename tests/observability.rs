@@ -43,6 +43,14 @@ const METRIC_FAMILIES: &[&str] = &[
     "timattr_callback_rejections_total",
 ];
 
+/// The families SPEC.md "Callbacks (push)" adds. The rules and the dashboard query them already;
+/// the exporter exposes them once the push path lands (`spec_families_are_what_the_exporter_exposes`
+/// accepts all of them or none, and then they belong in `METRIC_FAMILIES`).
+const CALLBACK_FAMILIES: &[&str] = &[
+    "timattr_callbacks_total",
+    "timattr_callback_rejections_total",
+];
+
 /// The histogram families among them: their `_bucket`, `_sum` and `_count` series are queried.
 const HISTOGRAMS: &[&str] = &["timattr_api_request_duration_seconds"];
 
@@ -284,6 +292,7 @@ fn the_required_alerts_exist() {
         "absent(",
         "timattr_total_shards",
         "timattr_shard_ordinal",
+        "timattr_callback_rejections_total",
     ] {
         find(needle);
     }
@@ -446,7 +455,7 @@ fn every_queried_metric_is_one_the_exporter_exposes() {
             } else if id.starts_with("timattr_") {
                 let family = family(&id);
                 assert!(
-                    METRIC_FAMILIES.contains(&family),
+                    METRIC_FAMILIES.contains(&family) || CALLBACK_FAMILIES.contains(&family),
                     "{place}: {id} is not a metric the exporter exposes"
                 );
                 seen.insert(family.to_string());
@@ -462,6 +471,8 @@ fn every_queried_metric_is_one_the_exporter_exposes() {
         "timattr_usersig_expiry_timestamp_seconds",
         "timattr_shard_ordinal",
         "timattr_total_shards",
+        "timattr_callbacks_total",
+        "timattr_callback_rejections_total",
     ] {
         assert!(seen.contains(family), "nothing queries {family}");
     }
@@ -650,6 +661,164 @@ fn promtool_parses_every_dashboard_query() {
     run_tool("promtool", &["check", "rules", path], dir.path());
 }
 
+/// The "Push (callbacks)" row's queries, evaluated by `promtool test rules` on series written
+/// here (the exporter does not expose the callback families yet): with push working, each panel
+/// gives the rates and the capped share worked out below; with no callback series at all, each
+/// gives an explicit 0 (labelled `none` where the panel splits by a label), so the panels show
+/// "nothing arrived" rather than "no data" while the exporter is scraped.
+#[test]
+fn push_panels_compute_what_they_say() {
+    let push: Vec<(String, String)> = panels(&dashboard())
+        .iter()
+        .flat_map(|p| {
+            let title = p["title"].as_str().unwrap_or_default().to_string();
+            p["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["expr"].as_str())
+                .filter(|e| e.contains("timattr_callback"))
+                .map(|e| {
+                    let e = e
+                        .replace("$__rate_interval", "5m")
+                        .replace("$sdkappid", ".*")
+                        .replace("$group_id", ".*");
+                    (title.clone(), e)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let expr = |title: &str| {
+        let found: Vec<&String> = push
+            .iter()
+            .filter(|(t, _)| t == title)
+            .map(|(_, e)| e)
+            .collect();
+        assert_eq!(found.len(), 1, "one query in panel {title:?}: {push:?}");
+        found[0].clone()
+    };
+    let accepted = expr("Callbacks accepted per second, by command");
+    let refused = expr("Callbacks refused per second, by reason");
+    let share = expr("Polls brought forward by push (at most)");
+    assert_eq!(push.len(), 3, "{push:?}");
+
+    let series = |name: &str, labels: &str, values: &str| serde_json::json!({"series": format!("{name}{{job=\"timattr\",{labels}}}"), "values": values});
+    // Exporter a receives the callbacks; b is a second replica (a shard) that gets none.
+    let scraped = vec![
+        series(
+            "timattr_build_info",
+            r#"instance="a:9877",version="1""#,
+            "1x20",
+        ),
+        series(
+            "timattr_build_info",
+            r#"instance="b:9877",version="1""#,
+            "1x20",
+        ),
+        series(
+            "timattr_groups",
+            r#"instance="a:9877",sdkappid="1400000001""#,
+            "10x20",
+        ),
+        series(
+            "timattr_groups",
+            r#"instance="a:9877",sdkappid="1400000002""#,
+            "10x20",
+        ),
+        series(
+            "timattr_groups",
+            r#"instance="b:9877",sdkappid="1400000003""#,
+            "10x20",
+        ),
+        // Polls per second: app 1 1/s, app 2 0.5/s, app 3 0.1/s; discovery is no poll.
+        series(
+            "timattr_api_requests_total",
+            r#"instance="a:9877",sdkappid="1400000001",api="get_group_attr""#,
+            "0+60x20",
+        ),
+        series(
+            "timattr_api_requests_total",
+            r#"instance="a:9877",sdkappid="1400000001",api="get_appid_group_list""#,
+            "0+60x20",
+        ),
+        series(
+            "timattr_api_requests_total",
+            r#"instance="a:9877",sdkappid="1400000002",api="get_group_attr""#,
+            "0+30x20",
+        ),
+        series(
+            "timattr_api_requests_total",
+            r#"instance="b:9877",sdkappid="1400000003",api="get_group_attr""#,
+            "0+6x20",
+        ),
+    ];
+    let mut pushed = scraped.clone();
+    pushed.extend([
+        // App 1: 0.25/s attribute changes, 0.05/s destroyed groups, 0.5/s commands not acted on.
+        series("timattr_callbacks_total", r#"instance="a:9877",sdkappid="1400000001",command="Group.CallbackAfterGroupAttrChanged""#, "0+15x20"),
+        series("timattr_callbacks_total", r#"instance="a:9877",sdkappid="1400000001",command="Group.CallbackAfterGroupDestroyed""#, "0+3x20"),
+        series("timattr_callbacks_total", r#"instance="a:9877",sdkappid="1400000001",command="other""#, "0+30x20"),
+        // App 2: a hot group, 1 change callback/s against 0.5 polls/s: capped at 100%.
+        series("timattr_callbacks_total", r#"instance="a:9877",sdkappid="1400000002",command="Group.CallbackAfterGroupAttrChanged""#, "0+60x20"),
+        // App 3 gets no callbacks at all.
+        series("timattr_callback_rejections_total", r#"instance="a:9877",reason="signature""#, "0+6x20"),
+    ]);
+    let sample = |labels: &str, value: f64| serde_json::json!({"labels": labels, "value": value});
+    let check = |expr: &str, samples: Vec<Json>| serde_json::json!({"expr": expr, "eval_time": "10m", "exp_samples": samples});
+    let per_app = |v1: f64, v2: f64, v3: f64| {
+        vec![
+            sample(r#"{sdkappid="1400000001"}"#, v1),
+            sample(r#"{sdkappid="1400000002"}"#, v2),
+            sample(r#"{sdkappid="1400000003"}"#, v3),
+        ]
+    };
+    let tests = serde_json::json!({
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": pushed,
+                "promql_expr_test": [
+                    check(&accepted, vec![
+                        sample(r#"{command="Group.CallbackAfterGroupAttrChanged"}"#, 1.25),
+                        sample(r#"{command="Group.CallbackAfterGroupDestroyed"}"#, 0.05),
+                        sample(r#"{command="other"}"#, 0.5),
+                    ]),
+                    check(&refused, vec![
+                        sample(r#"{instance="a:9877",reason="signature"}"#, 0.1),
+                        sample(r#"{instance="b:9877",reason="none"}"#, 0.0),
+                    ]),
+                    // (0.25 + 0.05) / 1; min(1 / 0.5, 1); 0 / 0.1.
+                    check(&share, per_app(0.3, 1.0, 0.0)),
+                ],
+            },
+            {
+                "interval": "1m",
+                "input_series": scraped,
+                "promql_expr_test": [
+                    check(&accepted, vec![sample(r#"{command="none"}"#, 0.0)]),
+                    check(&refused, vec![
+                        sample(r#"{instance="a:9877",reason="none"}"#, 0.0),
+                        sample(r#"{instance="b:9877",reason="none"}"#, 0.0),
+                    ]),
+                    check(&share, per_app(0.0, 0.0, 0.0)),
+                ],
+            },
+        ],
+    });
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    // JSON is YAML: promtool reads it as a test file.
+    std::fs::write(dir.path().join("push_panels_test.yml"), tests.to_string())
+        .expect("write the test file");
+    let out = run_tool(
+        "promtool",
+        &["test", "rules", "push_panels_test.yml"],
+        dir.path(),
+    );
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
 #[test]
 fn dashboard_covers_the_required_views() {
     let exprs: Vec<String> = panels(&dashboard())
@@ -680,6 +849,8 @@ fn dashboard_covers_the_required_views() {
         "timattr_build_info",
         "timattr_shard_ordinal",
         "timattr_total_shards",
+        "timattr_callbacks_total{",
+        "timattr_callback_rejections_total[",
     ] {
         assert!(
             exprs.iter().any(|e| e.contains(needle)),
@@ -821,7 +992,17 @@ fn spec_families_are_what_the_exporter_exposes() {
         .iter()
         .map(|(name, _, _)| *name)
         .collect();
+    let callbacks: Vec<&str> = exposed
+        .iter()
+        .copied()
+        .filter(|f| CALLBACK_FAMILIES.contains(f))
+        .collect();
+    assert!(
+        callbacks.is_empty() || callbacks.len() == CALLBACK_FAMILIES.len(),
+        "the exporter exposes only some of the callback families: {callbacks:?}"
+    );
     let mut spec = METRIC_FAMILIES.to_vec();
+    spec.extend(callbacks);
     exposed.sort_unstable();
     spec.sort_unstable();
     assert_eq!(exposed, spec);
