@@ -15,6 +15,7 @@ use timattr_exporter::daemon::{self, ConfigSource, Options};
 use timattr_exporter::http::{self, ServerOptions};
 use timattr_exporter::logging::{self, LogFormat, LogLevel};
 use timattr_exporter::metrics::BuildInfo;
+use timattr_exporter::secret::SecretKey;
 use timattr_exporter::shard::Shard;
 use timattr_exporter::{fake, shutdown, web_config};
 
@@ -166,6 +167,24 @@ fn real_main(flags: Flags) -> Result<(), Fatal> {
     runtime.block_on(async_main(flags, shard))
 }
 
+/// Points the demo's fake API at the exporter's callback listener, signing with the demo
+/// app's token, so the demo's scripted changes and deletion also arrive by push.
+fn wire_demo_callbacks(server: &fake::FakeServer, bound: std::net::SocketAddr) {
+    // A wildcard bind (`:PORT`) is reached through loopback.
+    let ip = match bound.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv6() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let target = std::net::SocketAddr::new(ip, bound.port());
+    let url = url::Url::parse(&format!("http://{target}/callback"))
+        .expect("a socket address makes a valid URL");
+    info!(callback_url = %url, "demo: the simulated API sends its callbacks here");
+    server.set_default_callback(Some(
+        fake::CallbackTarget::new(url).with_token(SecretKey::new(fake::DEMO_CALLBACK_TOKEN)),
+    ));
+}
+
 async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // The demo's fake API lives as long as this function.
@@ -218,6 +237,9 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
                 .local_addr()
                 .map_err(|e| Fatal::Other(e.to_string()))?;
             info!(callback_listen_address = %bound, "receiving callbacks on POST /callback");
+            if let Some(server) = &demo_server {
+                wire_demo_callbacks(server, bound);
+            }
             Some(listener)
         }
     };

@@ -43,14 +43,6 @@ const METRIC_FAMILIES: &[&str] = &[
     "timattr_callback_rejections_total",
 ];
 
-/// The families SPEC.md "Callbacks (push)" adds. The rules and the dashboard query them already;
-/// the exporter exposes them once the push path lands (`spec_families_are_what_the_exporter_exposes`
-/// accepts all of them or none, and then they belong in `METRIC_FAMILIES`).
-const CALLBACK_FAMILIES: &[&str] = &[
-    "timattr_callbacks_total",
-    "timattr_callback_rejections_total",
-];
-
 /// The histogram families among them: their `_bucket`, `_sum` and `_count` series are queried.
 const HISTOGRAMS: &[&str] = &["timattr_api_request_duration_seconds"];
 
@@ -455,7 +447,7 @@ fn every_queried_metric_is_one_the_exporter_exposes() {
             } else if id.starts_with("timattr_") {
                 let family = family(&id);
                 assert!(
-                    METRIC_FAMILIES.contains(&family) || CALLBACK_FAMILIES.contains(&family),
+                    METRIC_FAMILIES.contains(&family),
                     "{place}: {id} is not a metric the exporter exposes"
                 );
                 seen.insert(family.to_string());
@@ -992,17 +984,7 @@ fn spec_families_are_what_the_exporter_exposes() {
         .iter()
         .map(|(name, _, _)| *name)
         .collect();
-    let callbacks: Vec<&str> = exposed
-        .iter()
-        .copied()
-        .filter(|f| CALLBACK_FAMILIES.contains(f))
-        .collect();
-    assert!(
-        callbacks.is_empty() || callbacks.len() == CALLBACK_FAMILIES.len(),
-        "the exporter exposes only some of the callback families: {callbacks:?}"
-    );
     let mut spec = METRIC_FAMILIES.to_vec();
-    spec.extend(callbacks);
     exposed.sort_unstable();
     spec.sort_unstable();
     assert_eq!(exposed, spec);

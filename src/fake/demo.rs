@@ -34,6 +34,9 @@ const SLOW: &str = "@TGS#demo_slow";
 /// config accepts it.
 const INVALID: &str = "@TGS#demo invalid id";
 
+/// The demo app's callback token: the fake signs its callbacks with it and the exporter
+/// verifies them, as a real app's should be.
+pub const DEMO_CALLBACK_TOKEN: &str = "demo-callback-token";
 /// How often the demo config polls each group: short, so changes show quickly.
 pub const DEMO_POLL_INTERVAL: Duration = Duration::from_secs(10);
 /// The demo config's `rate_limit`, requests per second.
@@ -163,8 +166,8 @@ pub fn demo_config(base_url: &Url) -> Config {
             identifier: DEMO_IDENTIFIER.to_owned(),
             secret_key: SecretKey::new(DEMO_SECRET_KEY),
             secret_source: SecretSource::Inline,
-            callback_token: None,
-            callback_token_source: None,
+            callback_token: Some(SecretKey::new(DEMO_CALLBACK_TOKEN)),
+            callback_token_source: Some(SecretSource::Inline),
             usersig_ttl: DEMO_USERSIG_TTL,
             rate_limit: DEMO_RATE_LIMIT,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
@@ -188,11 +191,12 @@ mod tests {
             .map(|id| format!("      - {}\n", serde_json::Value::String(id.clone())))
             .collect();
         format!(
-            "poll_interval: 10s\nvalue_hashes: per_key\napps:\n  - sdkappid: {app}\n    endpoint: {endpoint}\n    identifier: {ident}\n    secret_key: {key}\n    usersig_ttl: 1h\n    rate_limit: 50\n    timeout: 2s\n    groups:\n{groups}",
+            "poll_interval: 10s\nvalue_hashes: per_key\napps:\n  - sdkappid: {app}\n    endpoint: {endpoint}\n    identifier: {ident}\n    secret_key: {key}\n    callback_token: {token}\n    usersig_ttl: 1h\n    rate_limit: 50\n    timeout: 2s\n    groups:\n{groups}",
             app = DEMO_SDKAPPID,
             endpoint = serde_json::Value::String(base_url.to_string()),
             ident = serde_json::Value::String(DEMO_IDENTIFIER.to_owned()),
             key = serde_json::Value::String(DEMO_SECRET_KEY.to_owned()),
+            token = serde_json::Value::String(DEMO_CALLBACK_TOKEN.to_owned()),
         )
     }
 

@@ -83,8 +83,8 @@ pub use callback::{
     OPT_PLATFORM, SentCallback, callback_sign,
 };
 pub use demo::{
-    DEMO_IDENTIFIER, DEMO_POLL_INTERVAL, DEMO_SDKAPPID, DEMO_SECRET_KEY, demo_config,
-    demo_group_ids, demo_scenario,
+    DEMO_CALLBACK_TOKEN, DEMO_IDENTIFIER, DEMO_POLL_INTERVAL, DEMO_SDKAPPID, DEMO_SECRET_KEY,
+    demo_config, demo_group_ids, demo_scenario,
 };
 pub use fault::{Fault, FaultTarget, HANG_MAX};
 pub use model::{

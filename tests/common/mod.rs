@@ -91,10 +91,23 @@ impl Exporter {
     /// [`Exporter::start`] with extra environment variables (`HOSTNAME` for
     /// `--shard.from-hostname`).
     pub fn start_with_env(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Exporter {
+        let config = format!("--config.file={}", config.display());
+        let mut args = vec![config.as_str()];
+        args.extend_from_slice(extra);
+        Exporter::spawn(&args, env)
+    }
+
+    /// The exporter's own `--demo`, with its built-in fake API.
+    pub fn start_demo(extra: &[&str]) -> Exporter {
+        let mut args = vec!["--demo"];
+        args.extend_from_slice(extra);
+        Exporter::spawn(&args, &[])
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Exporter {
         let mut child = Command::new(exporter_bin())
-            .arg(format!("--config.file={}", config.display()))
             .arg("--web.listen-address=127.0.0.1:0")
-            .args(extra)
+            .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -299,4 +312,14 @@ pub fn value(text: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
                 .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v)))
         .then_some(s.value)
     })
+}
+
+/// SPEC's value hash, computed independently of the exporter: the first 6 bytes of the
+/// SHA-256 of the value, as a big-endian integer.
+pub fn value_hash(value: &str) -> f64 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(value.as_bytes());
+    digest[..6]
+        .iter()
+        .fold(0u64, |n, b| (n << 8) | u64::from(*b)) as f64
 }
