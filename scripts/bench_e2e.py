@@ -509,6 +509,9 @@ def f(x, d=2):
 
 
 def report(res):
+    if "w8" in res:
+        print("\nW8 callbacks against an exhausted quota")
+        print(json.dumps(res["w8"], indent=1))
     if "w7" in res:
         print("W7 push (callbacks):")
         print(json.dumps(res["w7"], indent=1))
@@ -694,12 +697,102 @@ def w7_push(bins, env, workdir, args):
         }
     return out
 
+def w8_fairness(bins, env, workdir, args):
+    """Callbacks against an exhausted quota: 60 groups polled every 2 s (30 of the app's 50
+    requests/s) beside callbacks for 200 other groups (polled every 24 h otherwise). First a push
+    demand that fits the spare quota (15 groups/s), then one that does not (200 groups/s).
+    Measured at the fake: polls per second of each kind, and the gaps between consecutive polls
+    of each regular group."""
+    token = "bench-callback-token"
+    regular, pushed, rate = 60, 200, 50
+    window = args.w8_window
+    out = {}
+    with Procs(workdir) as ctx:
+        fake, fake_url = start_fake(ctx, bins, env, regular + pushed)
+        path = os.path.join(workdir, "fair.yml")
+        with open(path, "w") as f:
+            f.write(f"""poll_interval: 24h
+value_hashes: per_key
+apps:
+  - sdkappid: {APP}
+    endpoint: {fake_url}/
+    identifier: administrator
+    secret_key_env: {KEY_ENV}
+    rate_limit: {rate}
+    max_concurrency: 64
+    timeout: 5s
+    callback_token: {token}
+    groups:
+""")
+            for i in range(regular):
+                f.write(f'      - {{id: "@TGS#bench{i}", poll_interval: 2s}}\n')
+            for i in range(regular, regular + pushed):
+                f.write(f'      - "@TGS#bench{i}"\n')
+        cb_port = free_port()
+        exp, url = start_exporter(ctx, bins, env, path, name="fair",
+                                  extra=["--callback.listen-address", f"127.0.0.1:{cb_port}"])
+        cb_url = f"http://127.0.0.1:{cb_port}/callback"
+        q = lambda: cb_url + "?" + callback_query("Group.CallbackAfterGroupAttrChanged", token)
+        # Warm-up: every regular group's first poll is spread over its first interval; the 24 h
+        # groups' first polls are spread over a day, so almost none fall into the run.
+        time.sleep(6)
+        phases = []
+        for name, per_second in (("quiet", 0), ("fits", 15), ("exhausted", pushed)):
+            t0 = time.monotonic()
+            sent = 0
+            k = 0
+            while time.monotonic() < t0 + window:
+                if per_second == 0:
+                    time.sleep(0.05)
+                    continue
+                due = t0 + sent / per_second
+                pause = due - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                g = f"@TGS#bench{regular + k % pushed}"
+                k += 1
+                body = json.dumps({"CallbackCommand": "Group.CallbackAfterGroupAttrChanged",
+                                   "GroupId": g, "Type": "Public"})
+                if http_post(q(), body) != 200:
+                    raise RuntimeError("callback refused")
+                sent += 1
+            phases.append((name, t0, time.monotonic(), sent))
+            time.sleep(0.5)
+        r = fake_requests(fake_url, groups=True)
+        now = time.monotonic()
+        shift = now - max(r["seconds"])
+        for name, t0, t1, sent in phases:
+            # Skip the phase's first 2 s: the regular schedule takes that long to show a new
+            # steady state.
+            lo, hi = t0 + 2 - shift, t1 - shift
+            reg, push, per_group = 0, 0, {}
+            for t, g in zip(r["seconds"], r["groups"]):
+                if not (lo <= t < hi) or g is None:
+                    continue
+                n = int(g.removeprefix("@TGS#bench"))
+                if n < regular:
+                    reg += 1
+                    per_group.setdefault(g, []).append(t)
+                else:
+                    push += 1
+            gaps = [b - a for ts in per_group.values() for a, b in zip(ts, ts[1:])]
+            span = hi - lo
+            out[name] = {
+                "callbacks_per_s": sent / (t1 - t0),
+                "regular_polls_per_s": reg / span, "push_polls_per_s": push / span,
+                "total_per_s": (reg + push) / span,
+                "regular_gap_p50_s": percentile(gaps, 50), "regular_gap_p99_s": percentile(gaps, 99),
+                "regular_gap_max_s": max(gaps) if gaps else float("nan"),
+            }
+        out["max_window_all"] = max_window(r["seconds"])
+    return out
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin-dir", default="target/release")
     ap.add_argument("--blackbox", default="/usr/bin/prometheus-blackbox-exporter")
-    ap.add_argument("--only", default="w1,w2,w3,w4", help="comma-separated: w1,w2,w3,w4 (w4 includes w5)")
+    ap.add_argument("--only", default="w1,w2,w3,w4", help="comma-separated: w1,w2,w3,w4,w7,w8 (w4 includes w5)")
     ap.add_argument("--json", help="write all figures to this file")
     ap.add_argument("--w1-rate", type=float, default=500)
     ap.add_argument("--w1-window", type=float, default=20)
@@ -712,6 +805,7 @@ def main():
     ap.add_argument("--w5-scrapes", type=int, default=20)
     ap.add_argument("--w7-rate", type=float, default=100)
     ap.add_argument("--w7-window", type=float, default=20)
+    ap.add_argument("--w8-window", type=float, default=15)
     args = ap.parse_args()
     args.w4_sizes = [int(x) for x in args.w4_sizes.split(",") if x]
     bins = {
@@ -728,7 +822,7 @@ def main():
     only = set(args.only.split(","))
     res = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "nproc": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="timattr-bench-") as workdir:
-        for name, fn in (("w1", w1_cost), ("w2", w2_quota), ("w3", w3_schedule), ("w4", w4_w5_memory_scrape), ("w7", w7_push)):
+        for name, fn in (("w1", w1_cost), ("w2", w2_quota), ("w3", w3_schedule), ("w4", w4_w5_memory_scrape), ("w7", w7_push), ("w8", w8_fairness)):
             if name in only:
                 s = time.monotonic()
                 print(f"running {name} ...", file=sys.stderr)
