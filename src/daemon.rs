@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, error, info, warn};
 
 use crate::app::{self, Plan, Stop};
+use crate::auto_reload::{self, Fingerprint};
 use crate::callback::{Inbox, Receiver};
 use crate::config::{self, Config};
 use crate::http::{self, ServerOptions};
@@ -51,6 +52,8 @@ pub struct Options {
     pub reloads: tokio::sync::mpsc::Receiver<()>,
     /// `--callback.listen-address`, bound: where Tencent's webhooks arrive (SPEC "Callbacks").
     pub callbacks: Option<TcpListener>,
+    /// `--config.auto-reload-interval`, when on (not `0s`).
+    pub auto_reload: Option<Duration>,
 }
 
 /// The daemon's shared core, handed to the HTTP server as its [`http::Service`].
@@ -76,6 +79,9 @@ pub struct Daemon {
     /// Reload requests so far, and the last reload: the count it covered and its result.
     reload_requests: AtomicU64,
     last_reload: tokio::sync::Mutex<Option<(u64, Result<(), String>)>>,
+    /// The config's files as the last successful load read them (`ConfigSource::File` only):
+    /// what `--config.auto-reload-interval` compares against.
+    applied: Mutex<Option<Fingerprint>>,
 }
 
 fn unix_now() -> f64 {
@@ -205,14 +211,29 @@ impl Daemon {
     }
 
     async fn reload_now(self: &Arc<Self>) -> Result<(), String> {
+        let mut fingerprint = None;
         let loaded = match &self.source {
-            // On the blocking pool: a config on a hung mount must not stall the poll thread.
+            // On the blocking pool and under a deadline: a config or key on a hung mount (or a
+            // FIFO) must stall neither the poll thread nor, at SIGTERM, the drain.
             ConfigSource::File(path) => {
+                // Taken before the load reads the files: a change made meanwhile is seen at the
+                // next auto-reload tick rather than lost.
+                fingerprint = auto_reload::fingerprint_off_thread(
+                    path.clone(),
+                    auto_reload::named_files(&self.config()),
+                )
+                .await;
                 let path = path.clone();
-                tokio::task::spawn_blocking(move || config::load(&path))
-                    .await
-                    .map_err(|e| format!("reading the config failed: {e}"))
-                    .and_then(|loaded| loaded.map_err(|e| e.to_string()))
+                let load = tokio::task::spawn_blocking(move || config::load(&path));
+                match tokio::time::timeout(auto_reload::READ_TIMEOUT, load).await {
+                    Err(_) => Err(format!(
+                        "reading the config and the files it names took over {}s",
+                        auto_reload::READ_TIMEOUT.as_secs()
+                    )),
+                    Ok(joined) => joined
+                        .map_err(|e| format!("reading the config failed: {e}"))
+                        .and_then(|loaded| loaded.map_err(|e| e.to_string())),
+                }
             }
             ConfigSource::Fixed(config) => Ok(config::Loaded {
                 config: (**config).clone(),
@@ -234,6 +255,9 @@ impl Daemon {
                     let _ = tokio::task::spawn_blocking(move || daemon.write_state()).await;
                 }
                 self.metrics.set_config_reload(true, unix_now());
+                if fingerprint.is_some() {
+                    *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = fingerprint;
+                }
                 info!(apps, groups, "config reloaded");
                 Ok(())
             }
@@ -243,6 +267,24 @@ impl Daemon {
                 Err(e)
             }
         }
+    }
+
+    /// One `--config.auto-reload-interval` tick: reloads when the config file or a file it
+    /// names differs from what the last successful load read.
+    async fn reload_if_changed(self: &Arc<Self>, path: &std::path::Path) {
+        let files = auto_reload::named_files(&self.config());
+        let Some(now) = auto_reload::fingerprint_off_thread(path.to_path_buf(), files).await else {
+            warn!(
+                path = %path.display(),
+                "auto-reload: reading the config and the files it names timed out"
+            );
+            return;
+        };
+        if *self.applied.lock().unwrap_or_else(|p| p.into_inner()) == Some(now) {
+            return;
+        }
+        info!(path = %path.display(), "auto-reload: the config or a file it names changed; reloading");
+        let _ = self.reload().await;
     }
 
     fn write_state(&self) {
@@ -340,7 +382,16 @@ pub async fn run(
         callbacks_on: options.callbacks.is_some(),
         reload_requests: AtomicU64::new(0),
         last_reload: tokio::sync::Mutex::new(None),
+        applied: Mutex::new(None),
     });
+    if let ConfigSource::File(path) = &daemon.source {
+        let fp = auto_reload::fingerprint_off_thread(
+            path.clone(),
+            auto_reload::named_files(&options.config),
+        )
+        .await;
+        *daemon.applied.lock().unwrap_or_else(|p| p.into_inner()) = fp;
+    }
     daemon.apply(options.config).await;
     metrics.set_config_reload(true, unix_now());
     daemon.ready.store(true, Ordering::Release);
@@ -403,6 +454,30 @@ pub async fn run(
         })
     };
 
+    let watcher = match (&daemon.source, options.auto_reload) {
+        (ConfigSource::File(path), Some(every)) => {
+            let daemon = Arc::clone(&daemon);
+            let path = path.clone();
+            let mut stop = trigger.subscribe();
+            Some(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = stop.fired() => break,
+                        _ = tick.tick() => daemon.reload_if_changed(&path).await,
+                    }
+                }
+            }))
+        }
+        (ConfigSource::Fixed(_), Some(_)) => {
+            warn!("--config.auto-reload-interval has no file to watch (--demo)");
+            None
+        }
+        (_, None) => None,
+    };
+
     let mut shutdown = shutdown;
     shutdown.fired().await;
     info!("shutting down");
@@ -413,7 +488,14 @@ pub async fn run(
     let owners: Vec<app::Handle> = daemon.apps.lock().await.drain().map(|(_, o)| o).collect();
     futures::future::join_all(owners.into_iter().map(|o| o.stop(Stop::Shutdown))).await;
     let _ = writer.await;
+    // A reload may be waiting on a hung file read (up to `auto_reload::READ_TIMEOUT`); the
+    // shutdown does not wait for it.
+    reloader.abort();
     let _ = reloader.await;
+    if let Some(watcher) = watcher {
+        watcher.abort();
+        let _ = watcher.await;
+    }
     {
         let d = Arc::clone(&daemon);
         let _ = tokio::task::spawn_blocking(move || d.write_state()).await;

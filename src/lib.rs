@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod auto_reload;
 pub mod callback;
 pub mod client;
 pub mod config;

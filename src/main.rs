@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -17,7 +18,7 @@ use timattr_exporter::logging::{self, LogFormat, LogLevel};
 use timattr_exporter::metrics::BuildInfo;
 use timattr_exporter::secret::SecretKey;
 use timattr_exporter::shard::Shard;
-use timattr_exporter::{fake, shutdown, web_config};
+use timattr_exporter::{auto_reload, fake, shutdown, web_config};
 
 const EXIT_USAGE: u8 = 64;
 
@@ -67,6 +68,15 @@ struct Flags {
     /// StatefulSet pod `timattr-exporter-2` is shard 2) instead of --shard.
     #[arg(long = "shard.from-hostname", conflicts_with = "shard")]
     shard_from_hostname: bool,
+    /// Re-read the config file and the secret and token files it names this often, and reload
+    /// when any content changed (`0s`: off).
+    #[arg(
+        long = "config.auto-reload-interval",
+        value_name = "D",
+        default_value = "0s",
+        value_parser = auto_reload::parse_interval
+    )]
+    auto_reload_interval: Duration,
     /// Run against a built-in simulated Tencent Chat API with sample groups; needs no config.
     #[arg(long = "demo")]
     demo: bool,
@@ -164,7 +174,11 @@ fn real_main(flags: Flags) -> Result<(), Fatal> {
         .enable_all()
         .build()
         .map_err(|e| Fatal::Other(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(async_main(flags, shard))
+    let result = runtime.block_on(async_main(flags, shard));
+    // A read stuck on the blocking pool (a FIFO, a hung mount) must not keep a clean shutdown
+    // from exiting: the daemon gave up on it already (`auto_reload::READ_TIMEOUT`).
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 /// Points the demo's fake API at the exporter's callback listener, signing with the demo
@@ -274,6 +288,7 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
         build: build_info(),
         reloads: reload_rx,
         callbacks,
+        auto_reload: auto_reload::enabled(flags.auto_reload_interval),
     };
     let result = daemon::run(options, listener, stop).await;
     drop(demo_server);

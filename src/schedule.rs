@@ -138,18 +138,23 @@ impl Scheduler {
         self.entries.is_empty()
     }
 
-    /// Replaces the set of groups. Every group (staying or new) is due at the first slot of its
-    /// (possibly shifted) phase at or after `now`, so a reload spreads the groups evenly again
-    /// instead of bunching the new ones together. The price: a staying group's one interval
-    /// around a reload may be shorter or longer than usual; evenness of the app's request rate
-    /// matters more than that.
+    /// Replaces the set of groups. A new group, or one whose phase or interval moved, is due at
+    /// the first slot of its phase at or after `now`, so a reload spreads the groups evenly
+    /// again instead of bunching the new ones together (its one interval around the reload may
+    /// be shorter or longer than usual). A staying group that is already due keeps its slot: it
+    /// was waiting for the rate limiter, and a reload must not skip it, or a stream of reloads
+    /// would starve polling. A staying group with the same phase keeps its slot too.
     pub fn set_groups(&mut self, groups: &[GroupSpec], now: Instant) {
         let phases = phases(groups);
         let mut entries = HashMap::with_capacity(groups.len());
         self.heap.clear();
         for g in groups {
             let phase = phases[&g.id];
-            let due = self.anchor.next_slot(now, g.interval, phase);
+            let due = match self.entries.get(&g.id) {
+                Some(old) if old.due <= now => old.due,
+                Some(old) if old.interval == g.interval && old.phase == phase => old.due,
+                _ => self.anchor.next_slot(now, g.interval, phase),
+            };
             self.next_generation += 1;
             let generation = self.next_generation;
             self.heap
@@ -507,6 +512,31 @@ mod tests {
         let max = polls.values().max().unwrap();
         assert!(max - min <= 1, "min {min} max {max}");
         assert!((s.demand() - 10.0).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_keeps_due_groups_due_and_staying_slots_where_they_were() {
+        let interval = Duration::from_secs(1);
+        let mut s = Scheduler::new(anchor());
+        let groups = specs(3, interval);
+        s.set_groups(&groups, Instant::now());
+        let first = s.next_due().unwrap();
+        // The first group is due and waits for the rate limiter when the reload comes.
+        tokio::time::sleep_until(first + Duration::from_millis(5)).await;
+        s.set_groups(&groups, Instant::now());
+        assert_eq!(s.next_due(), Some(first), "a due group stays due");
+        let (_, due) = s.pop_due(Instant::now()).expect("still due");
+        assert_eq!(due, first);
+        // The others keep their slots through any number of reloads.
+        let before: Vec<Instant> = s.entries.values().map(|e| e.due).collect();
+        for _ in 0..100 {
+            s.set_groups(&groups, Instant::now());
+        }
+        let mut after: Vec<Instant> = s.entries.values().map(|e| e.due).collect();
+        let mut before = before;
+        before.sort();
+        after.sort();
+        assert_eq!(before, after);
     }
 
     #[tokio::test(start_paused = true)]

@@ -72,6 +72,7 @@ async fn start(
         },
         reloads,
         callbacks: Some(callbacks),
+        auto_reload: None,
     };
     tokio::spawn(daemon::run(options, listener, shutdown));
     let callbacks = format!("http://{callbacks_addr}/callback");

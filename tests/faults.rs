@@ -56,6 +56,7 @@ impl Running {
             },
             reloads,
             callbacks: None,
+            auto_reload: None,
         };
         let task = tokio::spawn(daemon::run(options, listener, shutdown));
         Running {

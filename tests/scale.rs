@@ -128,6 +128,7 @@ impl InProcess {
             },
             reloads,
             callbacks: None,
+            auto_reload: None,
         };
         tokio::spawn(daemon::run(options, listener, stop));
         InProcess { addr, trigger }
