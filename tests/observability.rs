@@ -7,41 +7,15 @@
 //! than skipping them: an unchecked alert file is how paging silently breaks. `PROMTOOL` and
 //! `AMTOOL` override the binaries' paths.
 
+mod common;
+
+use common::SPEC_FAMILIES;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
-
-/// Every metric family SPEC.md "Metrics" names; `spec_families_are_what_the_exporter_exposes`
-/// checks this list against the exporter's own table, `metrics::METRIC_FAMILIES`.
-const METRIC_FAMILIES: &[&str] = &[
-    "timattr_group_up",
-    "timattr_group_error_code",
-    "timattr_group_attributes",
-    "timattr_group_attributes_bytes",
-    "timattr_group_attributes_hash",
-    "timattr_group_attribute_value_hash",
-    "timattr_group_attribute_changes_total",
-    "timattr_group_last_change_timestamp_seconds",
-    "timattr_group_last_success_timestamp_seconds",
-    "timattr_groups",
-    "timattr_groups_by_error_code",
-    "timattr_api_requests_total",
-    "timattr_api_errors_total",
-    "timattr_api_request_failures_total",
-    "timattr_api_request_duration_seconds",
-    "timattr_poll_lag_seconds",
-    "timattr_usersig_expiry_timestamp_seconds",
-    "timattr_build_info",
-    "timattr_config_last_reload_successful",
-    "timattr_config_last_reload_success_timestamp_seconds",
-    "timattr_shard_ordinal",
-    "timattr_total_shards",
-    "timattr_callbacks_total",
-    "timattr_callback_rejections_total",
-];
 
 /// The histogram families among them: their `_bucket`, `_sum` and `_count` series are queried.
 const HISTOGRAMS: &[&str] = &["timattr_api_request_duration_seconds"];
@@ -447,7 +421,7 @@ fn every_queried_metric_is_one_the_exporter_exposes() {
             } else if id.starts_with("timattr_") {
                 let family = family(&id);
                 assert!(
-                    METRIC_FAMILIES.contains(&family),
+                    SPEC_FAMILIES.contains(&family),
                     "{place}: {id} is not a metric the exporter exposes"
                 );
                 seen.insert(family.to_string());
@@ -978,18 +952,6 @@ fn compose_mounts_only_files_that_exist() {
 }
 
 /// The image the compose file builds needs the repository's Dockerfile.
-#[test]
-fn spec_families_are_what_the_exporter_exposes() {
-    let mut exposed: Vec<&str> = timattr_exporter::metrics::METRIC_FAMILIES
-        .iter()
-        .map(|(name, _, _)| *name)
-        .collect();
-    let mut spec = METRIC_FAMILIES.to_vec();
-    exposed.sort_unstable();
-    spec.sort_unstable();
-    assert_eq!(exposed, spec);
-}
-
 #[test]
 fn compose_builds_from_a_dockerfile_that_exists() {
     let doc = compose();

@@ -323,3 +323,33 @@ pub fn value_hash(value: &str) -> f64 {
         .iter()
         .fold(0u64, |n, b| (n << 8) | u64::from(*b)) as f64
 }
+
+/// Every metric family SPEC.md "Metrics" and "Callbacks (push)" name, copied by hand from SPEC
+/// (not from the exporter's own table): `tests/families.rs` checks a running exporter against
+/// it, and the shipped rules and dashboard may only query these.
+pub const SPEC_FAMILIES: &[&str] = &[
+    "timattr_group_up",
+    "timattr_group_error_code",
+    "timattr_group_attributes",
+    "timattr_group_attributes_bytes",
+    "timattr_group_attributes_hash",
+    "timattr_group_attribute_value_hash",
+    "timattr_group_attribute_changes_total",
+    "timattr_group_last_change_timestamp_seconds",
+    "timattr_group_last_success_timestamp_seconds",
+    "timattr_groups",
+    "timattr_groups_by_error_code",
+    "timattr_api_requests_total",
+    "timattr_api_errors_total",
+    "timattr_api_request_failures_total",
+    "timattr_api_request_duration_seconds",
+    "timattr_poll_lag_seconds",
+    "timattr_usersig_expiry_timestamp_seconds",
+    "timattr_build_info",
+    "timattr_config_last_reload_successful",
+    "timattr_config_last_reload_success_timestamp_seconds",
+    "timattr_shard_ordinal",
+    "timattr_total_shards",
+    "timattr_callbacks_total",
+    "timattr_callback_rejections_total",
+];
