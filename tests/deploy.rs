@@ -813,3 +813,98 @@ fn dockerignore_keeps_everything_the_build_needs() {
         }
     }
 }
+
+/// The job the shipped alerts select: the one selector, in the `timattr:up` recording rule of
+/// `config/prometheus/alerts.yml`, must be `up{job="<name>"}`.
+fn alerted_job() -> String {
+    let alerts: Value =
+        serde_yaml::from_str(&read(&repo().join("config/prometheus/alerts.yml"))).expect("YAML");
+    let rules: Vec<&Value> = alerts["groups"]
+        .as_sequence()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().expect("rules").iter())
+        .collect();
+    let record: Vec<&str> = rules
+        .iter()
+        .filter(|r| r["record"].as_str() == Some("timattr:up"))
+        .filter_map(|r| r["expr"].as_str())
+        .collect();
+    assert_eq!(record.len(), 1, "one timattr:up recording rule");
+    let job = record[0]
+        .trim()
+        .strip_prefix("up{job=\"")
+        .and_then(|rest| rest.strip_suffix("\"}"))
+        .unwrap_or_else(|| panic!("timattr:up is up{{job=\"…\"}}, not {}", record[0]));
+    // The one place: no alert selects `up` or a job by itself.
+    for rule in rules.iter().filter(|r| r["alert"].is_string()) {
+        let expr = rule["expr"].as_str().expect("expr");
+        assert!(
+            !expr.contains("up{") && !expr.contains("job=") && !expr.contains("job!"),
+            "{}: selects targets itself instead of through timattr:up: {expr}",
+            rule["alert"].as_str().unwrap_or("?")
+        );
+    }
+    job.to_owned()
+}
+
+/// Every shipped way of scraping the exporter gives its series the job the alerts select: the
+/// Prometheus Operator names a ServiceMonitor's job after the Service and a PodMonitor's
+/// `<namespace>/<name>` unless a relabeling sets it, and a second job in prometheus.yml would
+/// not be selected.
+#[test]
+fn every_way_of_scraping_sets_the_job_the_alerts_select() {
+    let job = alerted_job();
+    assert_eq!(job, "timattr");
+
+    let prom: Value = serde_yaml::from_str(&read(&repo().join("config/prometheus/prometheus.yml")))
+        .expect("YAML");
+    let scrape_configs = prom["scrape_configs"]
+        .as_sequence()
+        .expect("scrape_configs");
+    assert!(!scrape_configs.is_empty());
+    for sc in scrape_configs {
+        assert_eq!(
+            sc["job_name"].as_str(),
+            Some(job.as_str()),
+            "prometheus.yml (also docker-compose.yml's) scrapes under another job"
+        );
+    }
+    let compose = read(&repo().join("docker-compose.yml"));
+    assert!(
+        compose.contains("./config/prometheus:/etc/prometheus"),
+        "docker-compose.yml's Prometheus uses the shipped prometheus.yml"
+    );
+
+    for (kind, endpoints) in [
+        ("ServiceMonitor", "endpoints"),
+        ("PodMonitor", "podMetricsEndpoints"),
+    ] {
+        let monitor = object(kind, "timattr-exporter");
+        let endpoints = monitor["spec"][endpoints]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{kind} has endpoints"));
+        assert!(!endpoints.is_empty());
+        for endpoint in endpoints {
+            let last_job_relabeling = endpoint["relabelings"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .rfind(|r| r["targetLabel"].as_str() == Some("job"))
+                .unwrap_or_else(|| panic!("{kind}: no relabeling sets job"));
+            assert!(
+                last_job_relabeling["sourceLabels"].is_null()
+                    && matches!(
+                        last_job_relabeling["action"].as_str(),
+                        None | Some("replace")
+                    ),
+                "{kind}: job is set to a constant"
+            );
+            assert_eq!(
+                last_job_relabeling["replacement"].as_str(),
+                Some(job.as_str()),
+                "{kind}: job"
+            );
+        }
+    }
+}
