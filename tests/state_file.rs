@@ -140,56 +140,73 @@ async fn sigkill_around_shutdown_writes_leaves_the_old_or_the_new_state() {
     group(&server, G, &[("round", "0")]);
     let cfg = ConfigDir::new(server.base_url().as_str(), &[G], "state_file: state.json\n");
     let state = state_path(&cfg);
+    let hash = |value: &str| {
+        timattr_exporter::snapshot::set_hash(&[("round".to_owned(), value.to_owned())])
+    };
     let mut rng = rand::thread_rng();
-    // Set hashes the file may legitimately hold: every snapshot ever polled.
-    let mut seen_hashes = vec![timattr_exporter::snapshot::set_hash(&[(
-        "round".to_owned(),
-        "0".to_owned(),
-    )])];
+    // What the file held before this round (None: no file yet).
     let mut previous: Option<u64> = None;
     let mut outcomes = BTreeMap::<&str, u32>::new();
-    for round in 1..=6u32 {
+    for round in 1..=8u32 {
         let value = round.to_string();
         server
             .fake
             .set_attrs(APP, G, &[("round", value.as_str())])
             .unwrap();
-        seen_hashes.push(timattr_exporter::snapshot::set_hash(&[(
-            "round".to_owned(),
-            value.clone(),
-        )]));
-        let exporter = Exporter::start(&cfg.path(), &[]);
+        let new = hash(&value);
+        let mut exporter = Exporter::start(&cfg.path(), &[]);
         let n = server.fake.counts().group(APP, G);
         polled_beyond(&server, &exporter, n + 1).await;
-        // SIGTERM starts the shutdown write; SIGKILL lands before, during or after it.
-        exporter.signal("TERM");
-        std::thread::sleep(Duration::from_micros(rng.gen_range(0..8_000)));
-        exporter.signal("KILL");
-        drop(exporter);
-        match std::fs::metadata(&state) {
-            Err(_) => {
-                assert!(previous.is_none(), "the state file vanished after a kill");
-                *outcomes.entry("no file yet").or_default() += 1;
+        // Every fourth round ends cleanly (the new state must be there), every fourth is killed
+        // without a shutdown (the old one must be), and the rest are killed 0-8 ms into the
+        // shutdown write: before, during or after it.
+        let expected: &[Option<u64>] = match round % 4 {
+            0 => {
+                exporter.signal("TERM");
+                assert_eq!(exporter.wait_exit(WAIT), Some(0), "round {round}");
+                &[Some(new)]
             }
+            1 => {
+                exporter.signal("KILL");
+                &[previous]
+            }
+            _ => {
+                exporter.signal("TERM");
+                std::thread::sleep(Duration::from_micros(rng.gen_range(0..8_000)));
+                exporter.signal("KILL");
+                &[previous, Some(new)]
+            }
+        };
+        drop(exporter);
+        let got = match std::fs::metadata(&state) {
+            Err(_) => None,
             Ok(_) => {
                 let persisted = read_state_file(&state)
                     .unwrap_or_else(|e| panic!("round {round}: state file not valid: {e}"));
-                let got = group_in(&persisted, G).expect("the group is kept").set_hash;
-                assert!(
-                    seen_hashes.contains(&got),
-                    "round {round}: unknown snapshot"
-                );
-                let label = if Some(got) == previous {
-                    "old state"
-                } else {
-                    "new state"
-                };
-                *outcomes.entry(label).or_default() += 1;
-                previous = Some(got);
+                Some(group_in(&persisted, G).expect("the group is kept").set_hash)
             }
-        }
+        };
+        assert!(
+            expected.contains(&got),
+            "round {round}: the file holds {got:?}, neither the old state {previous:?} nor the new {new}"
+        );
+        let label = match got {
+            None => "no file yet",
+            Some(h) if h == new => "new state",
+            Some(_) => "old state",
+        };
+        *outcomes.entry(label).or_default() += 1;
+        previous = got;
     }
-    eprintln!("kill -9 outcomes: {outcomes:?}");
+    // Both ends were reached: rounds 4 and 8 wrote the new state, rounds 5 kept an old one.
+    assert!(
+        outcomes.get("new state").copied().unwrap_or(0) >= 2,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.get("old state").copied().unwrap_or(0) >= 1,
+        "{outcomes:?}"
+    );
 }
 
 /// The writer side of [`sigkill_during_back_to_back_writes_never_tears_the_file`]: run in a
