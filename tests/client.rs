@@ -843,6 +843,14 @@ async fn large_bodies_are_rejected_without_reading_them() {
         );
         assert!(started.elapsed() < Duration::from_secs(4), "{name}");
         assert_eq!(server.count(), 1, "{name}: not retried");
+        if name == "endless" {
+            // The server writes until the client hangs up; read to the end (a 5 s timeout at
+            // loopback speed) it would have sent gigabytes. What it got out is the 1 MiB the
+            // client read plus what the kernel's socket buffers held.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let sent = server.state.sent_bytes.load(Ordering::SeqCst);
+            assert!(sent < 32 * MAX_RESPONSE_BYTES, "{name}: {sent} bytes sent");
+        }
     }
 }
 
@@ -978,8 +986,33 @@ async fn group_list_pages_with_u64_cursor_one_call_per_second() {
             .iter()
             .all(|(api, r)| *api == Api::GetAppidGroupList && *r == Outcome::Ok(()))
     );
-    // The shared get_group_attr quota was not used.
-    assert_eq!(h.limiter.spacing(), RateLimiter::new(1000.0).spacing());
+}
+
+/// List calls have their own 1/s slots and never take one of the `get_group_attr` quota: with
+/// the quota's next slot 10 s away, a three-page listing still finishes in about 2 s (were
+/// its calls to wait for quota slots, it would need 30 s).
+#[tokio::test]
+async fn group_list_calls_take_no_get_group_attr_slot() {
+    let server = Server::start(|i, _| {
+        Reply::Json(json!({"ActionStatus":"OK","ErrorCode":0,"GroupIdList":[{"GroupId":format!("g{i}")}],"Next":if i < 2 { i as u64 + 1 } else { 0 }}))
+    })
+    .await;
+    let h = harness(&server);
+    let limiter = Arc::new(RateLimiter::new(0.1));
+    let client = Client::new(
+        settings(server.base.clone()),
+        limiter.clone(),
+        h.recorder.clone(),
+    )
+    .unwrap();
+    let first = limiter.acquire().await;
+    let groups = tokio::time::timeout(Duration::from_secs(8), client.get_appid_group_list(None))
+        .await
+        .expect("the listing waited for get_group_attr slots")
+        .expect("no stop signal")
+        .ok_payload();
+    assert_eq!(groups, ["g0", "g1", "g2"]);
+    drop(first);
 }
 
 #[tokio::test]
