@@ -139,6 +139,17 @@ mod tests {
         assert_eq!(jump_hash(1, 2), 0);
         assert_eq!(jump_hash(10, 2), 1);
         assert_eq!(jump_hash(0xdeadbeef, 2), 1);
+        // More buckets, as kube-state-metrics shards: Go's go-jump test vectors, and values
+        // from a Python transcription of the paper's code.
+        assert_eq!(jump_hash(42, 57), 43);
+        assert_eq!(jump_hash(0xDEAD10CC, 666), 361);
+        assert_eq!(jump_hash(256, 1024), 520);
+        assert_eq!(jump_hash(10, 3), 2);
+        assert_eq!(jump_hash(0xdeadbeef, 5), 3);
+        assert_eq!(jump_hash(1, 10), 6);
+        assert_eq!(jump_hash(u64::MAX, 1000), 313);
+        assert_eq!(jump_hash(fnv1a64(b"@TGS#aC5SZEAEF"), 3), 2);
+        assert_eq!(jump_hash(fnv1a64(b"@TGS#aC5SZEAEF"), 7), 6);
     }
 
     #[test]
