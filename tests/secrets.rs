@@ -404,6 +404,10 @@ async fn json_logs_at_debug_hold_no_usersig_either() {
         }),
     );
     let cfg = ConfigDir::new(server.base_url().as_str(), &["@TGS#ok"], "");
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     // Exporter::start reads the logfmt startup line; a JSON one is read here.
     let mut child = Command::new(exporter_bin())
         .arg(format!("--config.file={}", cfg.path().display()))
@@ -445,5 +449,18 @@ async fn json_logs_at_debug_hold_no_usersig_either() {
     assert!(seen.is_some(), "a UserSig was regenerated:\n{log}");
     assert_eq!(status.code(), Some(0));
     assert!(log.starts_with('{'), "JSON lines: {log}");
-    assert_clean("JSON log", &log, &[]);
+    // Every UserSig the exporter can have made in this run: the same key, identifier, app and
+    // TTL (the config's 1h) at each second of it, the regenerated ones included.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sigs: Vec<String> = (started - 1..=now)
+        .map(|t| {
+            timattr_exporter::usersig::generate(&SecretKey::new(KEY), APP, ADMIN, t, 3600)
+                .expose()
+                .to_owned()
+        })
+        .collect();
+    assert_clean("JSON log", &log, &sigs);
 }
