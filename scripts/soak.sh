@@ -5,7 +5,10 @@
 # attributes. Every SOAK_SAMPLE_SECONDS (10) it samples the exporter's RSS and open file
 # descriptors (/proc/PID/status, /proc/PID/fd) and the series in /metrics, and prints a table.
 # It fails (exit 1) if the exporter dies, if a group's series goes missing once all are present
-# ("lost series"), or if it does not exit 0 on SIGTERM.
+# ("lost series"), if it does not exit 0 on SIGTERM, or if it grows: the run is cut in thirds
+# (the first is warm-up), and the last third's highest RSS may exceed the middle third's by at
+# most SOAK_RSS_GROWTH_PERCENT (3) plus 2 MiB, its most open fds the middle's by at most
+# SOAK_FD_GROWTH (8). Runs shorter than 3 minutes are too short to judge growth and fail.
 #
 #   scripts/soak.sh                         # 30 minutes, 10,000 groups
 #   SOAK_MINUTES=5 scripts/soak.sh          # shorter
@@ -129,6 +132,7 @@ start=$(date +%s)
 lost=0
 complete=0
 rss_min="" rss_max=0 fd_max=0 samples=0 rss_first_complete=""
+: >"$work/samples" # elapsed rss_kib fds, one line per sample
 printf '%6s %8s %5s %7s %7s %8s %7s %7s %9s %9s  %s\n' \
     elapsed rss_MiB fds threads series groups healthy failed lag_s requests fault
 while :; do
@@ -162,6 +166,7 @@ while :; do
     [ -z "$rss_min" ] || [ "$rss_kib" -lt "$rss_min" ] && rss_min=$rss_kib
     [ "$rss_kib" -gt "$rss_max" ] && rss_max=$rss_kib
     [ "$fds" -gt "$fd_max" ] && fd_max=$fds
+    echo "$elapsed $rss_kib $fds" >>"$work/samples"
     printf '%6s %8s %5s %7s %7s %8s %7s %7s %9.3f %9s  %s\n' \
         "$elapsed" "$rss_mib" "$fds" "$threads" "$series" "${gauge:--}" "${healthy:--}" \
         "${failed:-0}" "${lag:-0}" "${requests:-0}" "$(fault_at "$elapsed")"
@@ -182,7 +187,19 @@ if [ "$complete" != 1 ]; then
     echo "soak: FAIL: never saw all $groups groups in /metrics" >&2
     exit 1
 fi
-if [ "$lost" -gt 0 ] || [ "$code" -ne 0 ]; then
+growth_pct=${SOAK_RSS_GROWTH_PERCENT:-3}
+fd_growth=${SOAK_FD_GROWTH:-8}
+growth=$(awk -v d="$duration" -v pct="$growth_pct" -v fdg="$fd_growth" '
+    $1 >= d / 3 && $1 < 2 * d / 3 { if ($2 > mr) mr = $2; if ($3 > mf) mf = $3; m++ }
+    $1 >= 2 * d / 3 { if ($2 > lr) lr = $2; if ($3 > lf) lf = $3; l++ }
+    END {
+        if (d < 180 || m == 0 || l == 0) { print "FAIL too short to judge growth"; exit }
+        verdict = (lr > mr * (1 + pct / 100) + 2048 || lf > mf + fdg) ? "FAIL" : "ok"
+        printf "%s RSS max %.1f MiB in the middle third, %.1f MiB in the last; fds max %d, %d\n",
+            verdict, mr / 1024, lr / 1024, mf, lf
+    }' "$work/samples")
+echo "soak: growth after warm-up: ${growth#* }"
+if [ "$lost" -gt 0 ] || [ "$code" -ne 0 ] || [ "${growth%% *}" != ok ]; then
     echo "soak: FAIL" >&2
     exit 1
 fi
