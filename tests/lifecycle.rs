@@ -1017,3 +1017,37 @@ async fn a_removed_apps_series_do_not_come_back() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// More groups than the rate limit can poll in their interval: a warning names the demand and
+/// the limit, and `timattr_poll_lag_seconds` shows the schedule falling behind (SPEC
+/// "Metrics"), while no second sees more than the limit.
+#[tokio::test]
+async fn overload_is_warned_about_and_shows_as_poll_lag() {
+    let server = fake_with_app().await;
+    let ids: Vec<String> = (0..20).map(|i| format!("@TGS#over{i}")).collect();
+    for id in &ids {
+        group(&server, id, &[("k", "v")]);
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    // 20 groups every second against 5 requests a second: four times the quota.
+    let cfg = ConfigDir::new(server.base_url().as_ref(), &refs, "");
+    let yaml = std::fs::read_to_string(cfg.path())
+        .unwrap()
+        .replace("rate_limit: 50", "rate_limit: 5");
+    std::fs::write(cfg.path(), yaml).unwrap();
+    let exporter = Exporter::start(&cfg.path(), &[]);
+    let line = exporter
+        .wait_for_log("need more requests than the rate limit allows", WAIT)
+        .unwrap_or_else(|| panic!("no overload warning: {}", exporter.logs()));
+    assert!(line.contains("needed_per_second=20"), "{line}");
+    // The limiter's own rate: the configured 5/s less the margin it keeps for the fake's and
+    // Tencent's clock.
+    assert!(line.contains("rate_limit=4.9"), "{line}");
+    let metrics = exporter.url("/metrics");
+    let lag = eventually(WAIT, || async {
+        let t = scrape(&metrics).await;
+        value(&t, "timattr_poll_lag_seconds", &[]).filter(|lag| *lag >= 2.0)
+    })
+    .await;
+    assert!(lag.is_some(), "poll lag stays under 2 s at 4x the quota");
+}

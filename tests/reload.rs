@@ -230,3 +230,28 @@ async fn a_flood_of_reload_requests_is_merged_and_polling_goes_on() {
     );
     assert_eq!(reload_successful(&metrics).await, Some(1.0));
 }
+
+/// A key file that became readable by others is warned about when a reload reads it, as at
+/// start (SPEC: secrets are never printed; the warning names the file, not its content).
+#[tokio::test]
+async fn a_key_file_opened_up_is_warned_about_on_reload() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = fake_with_app().await;
+    group(&server, "@TGS#a", &[("k", "v")]);
+    let cfg = ConfigDir::new(server.base_url().as_ref(), &["@TGS#a"], "");
+    let exporter = Exporter::start(&cfg.path(), &[]);
+    assert!(
+        !exporter.logs().contains("readable by group or others"),
+        "a 0600 key file is not warned about: {}",
+        exporter.logs()
+    );
+    let key = cfg.dir.path().join("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    exporter.signal("HUP");
+    let line = exporter
+        .wait_for_log("readable by group or others", WAIT)
+        .unwrap_or_else(|| panic!("no warning on reload: {}", exporter.logs()));
+    assert!(line.contains("level=warn"), "{line}");
+    assert!(line.contains("mode 0644"), "{line}");
+    assert!(!exporter.logs().contains(KEY), "the key is printed");
+}
