@@ -5,7 +5,6 @@
 use std::str::FromStr;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
@@ -60,8 +59,14 @@ impl FromStr for LogFormat {
     }
 }
 
-/// Installs the global subscriber. Dependencies' own logs (hyper, reqwest, rustls) are held at
-/// `warn` so `debug` shows the exporter's decisions rather than connection-pool chatter.
+/// Installs the global subscriber. Dependencies' own `tracing` events are held at `warn` so
+/// `debug` shows the exporter's decisions rather than connection-pool chatter.
+///
+/// Records of the `log` crate are not bridged in (no `LogTracer`, hence `set_global_default`
+/// rather than `init`): rustls-platform-verifier logs every failed handshake at `error` there,
+/// a second line beside the exporter's own, carrying the build machine's source paths in
+/// `log.file`. The exporter's own line says the same (`reason=connect`, and at `debug` the
+/// whole error chain, "invalid peer certificate: UnknownIssuer").
 pub fn init(level: LogLevel, format: LogFormat) {
     let filter = EnvFilter::new(format!(
         "warn,timattr_exporter={lvl},timattr_fake_api={lvl}",
@@ -75,7 +80,7 @@ pub fn init(level: LogLevel, format: LogFormat) {
                 .with_span_path(false)
                 .layer()
                 .with_writer(std::io::stderr);
-            registry.with(layer).init();
+            install(registry.with(layer));
         }
         LogFormat::Json => {
             let layer = tracing_subscriber::fmt::layer()
@@ -84,9 +89,14 @@ pub fn init(level: LogLevel, format: LogFormat) {
                 .with_current_span(false)
                 .with_span_list(false)
                 .with_writer(std::io::stderr);
-            registry.with(layer).init();
+            install(registry.with(layer));
         }
     }
+}
+
+fn install(subscriber: impl tracing::Subscriber + Send + Sync + 'static) {
+    // Only fails when a subscriber is already set: a second init in one process (tests).
+    let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
 #[cfg(test)]
