@@ -1043,3 +1043,138 @@ fn the_promql_reader_finds_selectors_and_ranges() {
         ]
     );
 }
+
+// ------------------------------------------------------------------------------- what the panels show
+
+fn shipped_dashboard() -> Json {
+    shipped()
+        .into_iter()
+        .find(|(p, _)| p.ends_with("timattr.json"))
+        .expect("dashboards/timattr.json")
+        .1
+}
+
+/// `timattr_group_last_change_timestamp_seconds` is 0 until a group's first change: every panel
+/// showing it maps 0 to "never" rather than rendering the epoch (1970) as a date.
+#[test]
+fn a_group_that_never_changed_shows_never() {
+    let dash = shipped_dashboard();
+    let mut seen = 0;
+    for p in panels(&dash) {
+        let shows = p["targets"].as_array().into_iter().flatten().any(|t| {
+            t["expr"]
+                .as_str()
+                .is_some_and(|e| e.contains("timattr_group_last_change_timestamp_seconds"))
+        });
+        if !shows {
+            continue;
+        }
+        seen += 1;
+        let unit = p["fieldConfig"]["defaults"]["unit"].as_str().unwrap_or("");
+        assert!(
+            unit.starts_with("dateTime"),
+            "panel {:?}: unit {unit}",
+            title(p)
+        );
+        let never = p["fieldConfig"]["defaults"]["mappings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["type"] == "value" && m["options"]["0"]["text"] == "never");
+        assert!(never, "panel {:?}: 0 is not mapped to \"never\"", title(p));
+    }
+    assert!(seen >= 2, "the last change is shown by {seen} panels");
+}
+
+/// The unhealthy table's two queries, evaluated by `promtool test rules`: a deleted group whose
+/// series went (as a discovered group's do when it leaves the list) stays listed with its code
+/// and its last success (the onset) for the 1 h hold window, then goes; a group that recovered
+/// is not listed; a group that never answered successfully is listed without an onset.
+#[test]
+fn the_unhealthy_table_keeps_a_vanished_group_for_the_hold_window() {
+    let dash = shipped_dashboard();
+    let table = panels(&dash)
+        .into_iter()
+        .find(|p| p["title"] == "Unhealthy groups, since when")
+        .expect("the unhealthy table");
+    let expr = |r: &str| {
+        let t = table["targets"]
+            .as_array()
+            .expect("targets")
+            .iter()
+            .find(|t| t["refId"] == r)
+            .unwrap_or_else(|| panic!("no target {r}"));
+        t["expr"]
+            .as_str()
+            .expect("expr")
+            .replace("$job", ".+")
+            .replace("$instance", ".+")
+            .replace("$sdkappid", ".*")
+            .replace("$group_id", ".*")
+    };
+    let series = |name: &str, group: &str, values: &str| {
+        json!({
+            "series": format!(r#"{name}{{job="timattr",instance="a:9877",sdkappid="1",group_id="{group}"}}"#),
+            "values": values,
+        })
+    };
+    let labels = |group: &str| {
+        format!(r#"{{job="timattr",instance="a:9877",sdkappid="1",group_id="{group}"}}"#)
+    };
+    let input = vec![
+        // Healthy at 0-2m, deleted at 3m, its series gone from 5m.
+        series(
+            "timattr_group_error_code",
+            "gone",
+            "0 0 0 10010 10010 stale",
+        ),
+        series(
+            "timattr_group_last_success_timestamp_seconds",
+            "gone",
+            "0 60 120 stale",
+        ),
+        // Unreadable, then fine again.
+        series("timattr_group_error_code", "recovered", "10007 10007 0x80"),
+        series(
+            "timattr_group_last_success_timestamp_seconds",
+            "recovered",
+            "_ _ 120+60x80",
+        ),
+        // An invalid ID from the start: never a success.
+        series("timattr_group_error_code", "invalid", "10015x80"),
+    ];
+    let sample = |group: &str, value: f64| json!({"labels": labels(group), "value": value});
+    let check = |at: &str, r: &str, samples: Vec<Json>| {
+        // `* 1` drops the metric name, which last_over_time keeps in Prometheus 2 only.
+        json!({"expr": format!("({}) * 1", expr(r)), "eval_time": at, "exp_samples": samples})
+    };
+    let tests = json!({
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": input,
+            "promql_expr_test": [
+                check("30m", "A", vec![sample("gone", 10010.0), sample("invalid", 10015.0)]),
+                check("30m", "B", vec![sample("gone", 120_000.0)]),
+                check("70m", "A", vec![sample("invalid", 10015.0)]),
+                check("70m", "B", vec![]),
+            ],
+        }],
+    });
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    // JSON is YAML: promtool reads it as a test file.
+    std::fs::write(dir.path().join("unhealthy_test.yml"), tests.to_string()).expect("write");
+    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let out = std::process::Command::new(&promtool)
+        .args(["test", "rules", "unhealthy_test.yml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {promtool} ({e}): scripts/install-test-deps.sh"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("SUCCESS"), "{text}");
+}
