@@ -163,10 +163,11 @@ fn error_info(code: i64) -> &'static str {
         10018 => "The response exceeds 1 MB.",
         10021 => "The group ID is already used.",
         10045 => "The attribute key exceeds 32 bytes.",
-        10046 => "The group has more than 16 attribute keys.",
-        10047 => "The attribute value exceeds 4000 bytes.",
+        10046 => "The attribute value exceeds 4000 bytes.",
+        10047 => "The group has more than 16 attribute keys.",
         10048 => "The attribute values exceed 16000 bytes in all.",
         10049 => "Attribute writes to this group exceed 5 per second.",
+        10050 => "The attribute key does not exist.",
         60002 => "HTTP parse error.",
         60003 => "JSON parse error in the request.",
         60004 => "The identifier or UserSig is wrong.",
@@ -181,6 +182,7 @@ fn error_info(code: i64) -> &'static str {
         70009 => "The key does not match the SDKAppID.",
         70013 => "The identifier differs from the one in the UserSig.",
         70014 => "The SDKAppID differs from the one in the UserSig.",
+        70016 => "The verification key is missing.",
         70020 => "The SDKAppID was not found.",
         70402 => "Invalid parameter.",
         _ => "Fault injected by the fake API.",
@@ -473,7 +475,7 @@ fn operate<'a>(
         }
         Api::ClearGroupAttr => {
             let id = str_field(req, "GroupId")?;
-            app.write_attrs(id, WriteKind::Set, &[], Some(now))?;
+            app.clear_attrs(id, Some(now))?;
             change = Some(Change::Attrs {
                 group_id: id,
                 option: AttrOption::Clear,
