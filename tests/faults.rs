@@ -616,3 +616,26 @@ async fn a_group_of_an_unsupported_type_is_a_per_group_error_and_stays_quiet() {
     assert!((1..=3).contains(&n), "{n} requests in 2 s at 1 s");
     d.stop().await;
 }
+
+/// 70020 (and 70016) most often mean the SDKAppID lives on another region's domain: the log
+/// line of the failing group says so. The fake answers 70020 for an SDKAppID it does not know,
+/// as an app called on the wrong region's domain sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_sdkappid_is_logged_as_perhaps_the_wrong_region() {
+    let _serial = SERIAL.lock().await;
+    install_crypto();
+    let server = timattr_exporter::fake::Fake::start(Default::default())
+        .await
+        .expect("fake API starts");
+    let cfg = ConfigDir::new(server.base_url().as_str(), &["@TGS#a"], "");
+    let exporter = Exporter::start(&cfg.path(), &[]);
+    let (exporter, line) = tokio::task::spawn_blocking(move || {
+        let line = exporter.wait_for_log("group poll failed", WAIT);
+        (exporter, line)
+    })
+    .await
+    .expect("the wait does not panic");
+    let line = line.unwrap_or_else(|| panic!("no poll failure logged:\n{}", exporter.logs()));
+    assert!(line.contains("error_code=70020"), "{line}");
+    assert!(line.contains("domain of another region"), "{line}");
+}
