@@ -1563,3 +1563,34 @@ async fn clearing_a_community_group_answers_10007() {
     // Other types clear as before.
     assert_envelope(&call(&s, CLEAR, json!({"GroupId": "@TGS#a"})).await, 0);
 }
+
+/// `cycling_next` makes `get_appid_group_list` page 0 → A → B → A whatever the groups, for
+/// clients that must notice a cursor cycle; other calls are served as usual.
+#[tokio::test]
+async fn cycling_next_fault_cycles_the_list_cursor() {
+    let app = AppSpec::new(APP, ADMIN, SecretKey::new(KEY)).with_rate_limits(RateLimits {
+        get_appid_group_list: None,
+        ..RateLimits::default()
+    });
+    let s = start(
+        Scenario::new()
+            .app(app)
+            .group(APP, "@TGS#a", GroupType::Public, &[("k", "v")]),
+    )
+    .await;
+    s.set_fault(FaultTarget::App(APP), Some(Fault::CyclingNext));
+    let mut cursors = Vec::new();
+    let mut next = 0u64;
+    for _ in 0..4 {
+        let a = call(&s, LIST, json!({"Limit": 10, "Next": next})).await;
+        assert_envelope(&a, 0);
+        next = a.json["Next"].as_u64().expect("Next is a u64");
+        cursors.push(next);
+    }
+    let (a, b) = (NEXT_CURSOR_BASE, NEXT_CURSOR_BASE + 1);
+    assert_eq!(cursors, vec![a, b, a, b]);
+    assert_eq!(pairs(&get_attrs(&s, "@TGS#a").await), owned(&[("k", "v")]));
+    s.set_fault(FaultTarget::App(APP), None);
+    let a = call(&s, LIST, json!({"Limit": 10, "Next": 0})).await;
+    assert_eq!(a.json["Next"], 0, "{}", a.json);
+}

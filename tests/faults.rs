@@ -722,3 +722,61 @@ async fn undocumented_error_codes_are_capped_per_app_with_other() {
     );
     d.stop().await;
 }
+
+/// A `get_appid_group_list` cursor that comes back (A → B → A) would page through the same
+/// groups forever: the listing notices the cursor it saw before, fails after those three pages,
+/// logs it, and keeps the last list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycling_list_cursor_fails_the_listing_and_keeps_the_last_list() {
+    let _serial = SERIAL.lock().await;
+    let server = fake_with_app().await;
+    for g in ["@TGS#d1", "@TGS#d2", "@TGS#d3"] {
+        group(&server, g, &[("k", "v")]);
+    }
+    let cfg = ConfigDir::new(server.base_url().as_str(), &[], "");
+    std::fs::write(
+        cfg.path(),
+        format!(
+            "poll_interval: 1s\napps:\n  - sdkappid: {APP}\n    endpoint: {}\n    identifier: {ADMIN}\n    secret_key_file: key\n    usersig_ttl: 1h\n    discover: {{refresh_interval: 2s}}\n",
+            server.base_url()
+        ),
+    )
+    .expect("write config");
+    let exporter = Exporter::start(&cfg.path(), &[]);
+    let wait_log = |exporter: Exporter, needle: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let line = exporter.wait_for_log(needle, Duration::from_secs(20));
+            (exporter, line)
+        })
+    };
+    let (exporter, line) = wait_log(exporter, "groups discovered")
+        .await
+        .expect("joins");
+    assert!(line.is_some(), "no listing:\n{}", exporter.logs());
+    let lists = || server.fake.request_times(APP, "get_appid_group_list").len();
+    server
+        .fake
+        .set_fault(FaultTarget::App(APP), Some(Fault::CyclingNext));
+    let before = lists();
+    let (exporter, line) = wait_log(exporter, "keeping the last list")
+        .await
+        .expect("joins");
+    let logs = exporter.logs();
+    assert!(line.is_some(), "the listing did not fail:\n{logs}");
+    // Pages 0, A and B; B answered A again.
+    assert_eq!(lists() - before, 3, "{logs}");
+    assert!(
+        logs.contains("returned a cursor it had returned before"),
+        "{logs}"
+    );
+    let metrics = scrape(&exporter.url("/metrics")).await;
+    assert_eq!(
+        value(
+            &metrics,
+            "timattr_groups",
+            &[("sdkappid", &APP.to_string())]
+        ),
+        Some(3.0),
+        "the last list is kept"
+    );
+}
