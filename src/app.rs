@@ -502,6 +502,7 @@ impl Owner {
             failed => warn!(
                 sdkappid = self.sdkappid,
                 error = %failed,
+                hint = crate::error_code::hint(failed.error_code()),
                 retry_in_s = wait.as_secs(),
                 "group discovery failed; keeping the last list"
             ),
@@ -624,6 +625,7 @@ async fn poll(sdkappid: u64, client: &Client, store: &Store, group_id: &str, slo
                 error_class = crate::error_code::classify(e.code()).as_str(),
                 // Already scrubbed of the UserSig and key by the client.
                 error_info = %e.info,
+                hint = crate::error_code::hint(e.code()),
                 "group poll failed"
             ),
             Outcome::NoAnswer(reason) => warn!(

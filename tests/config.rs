@@ -193,11 +193,11 @@ const ERROR_CASES: &[Case] = &[
         "apps[0]: set exactly one of region, endpoint, not both",
     ),
     (
-        "unknown region lists the six",
+        "unknown region lists the eight",
         "",
         &[("region", Some("Singapore"))],
         "apps[0].region: unknown region \"Singapore\": one of china, singapore, seoul, frankfurt, \
-         silicon_valley, jakarta",
+         silicon_valley, jakarta, tokyo, mumbai",
     ),
     (
         "plain http to a remote host",
@@ -632,7 +632,7 @@ bogus: unknown key; allowed here: poll_interval, state_file, value_hashes, apps
 poll_interval: must be at least 1s, got 0s
 value_hashes: must be one of per_key, per_group, off
 apps[0].sdkappid: must be a positive integer, like 1400000000
-apps[0].region: unknown region \"mars\": one of china, singapore, seoul, frankfurt, silicon_valley, jakarta
+apps[0].region: unknown region \"mars\": one of china, singapore, seoul, frankfurt, silicon_valley, jakarta, tokyo, mumbai
 apps[0].secret_key_env: the environment variable it names is not set
 apps[0].rate_limit: must be at least 0.001 requests per second
 apps[0].timeout: must be a duration with a unit, like 60s or 1m30s, not a bare number

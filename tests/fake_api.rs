@@ -391,7 +391,7 @@ async fn writes_follow_the_reference_and_its_limits() {
         call(
             &s,
             DELETE,
-            json!({"GroupId": "@TGS#b", "GroupAttr": [{"key": "a"}, {"key": "zz"}]})
+            json!({"GroupId": "@TGS#b", "GroupAttr": [{"key": "a"}]})
         )
         .await
         .code(),
@@ -416,10 +416,10 @@ async fn writes_follow_the_reference_and_its_limits() {
     assert_eq!(w(MODIFY, vec![kv(&k33, "v")]).await, 10045);
     assert_eq!(w(MODIFY, vec![kv(&"k".repeat(32), "v")]).await, 0);
     let many: Vec<Value> = (0..17).map(|i| kv(&format!("k{i}"), "v")).collect();
-    assert_eq!(w(SET, many.clone()).await, 10046);
+    assert_eq!(w(SET, many.clone()).await, 10047);
     assert_eq!(w(SET, many[..16].to_vec()).await, 0);
-    assert_eq!(w(MODIFY, vec![kv("one_more", "v")]).await, 10046);
-    assert_eq!(w(SET, vec![kv("big", &v4001)]).await, 10047);
+    assert_eq!(w(MODIFY, vec![kv("one_more", "v")]).await, 10047);
+    assert_eq!(w(SET, vec![kv("big", &v4001)]).await, 10046);
     pause().await;
     let total: Vec<Value> = (0..5).map(|i| kv(&format!("k{i}"), &v4000)).collect();
     assert_eq!(w(SET, total.clone()).await, 10048);
@@ -457,7 +457,7 @@ async fn writes_follow_the_reference_and_its_limits() {
     );
     // The control methods apply the size limits but not the write frequency.
     assert_eq!(s.set_attrs(APP, "@TGS#b", &[(&k33, "v")]), Err(10045));
-    assert_eq!(s.set_attrs(APP, "@TGS#b", &[("big", &v4001)]), Err(10047));
+    assert_eq!(s.set_attrs(APP, "@TGS#b", &[("big", &v4001)]), Err(10046));
     for i in 0..10 {
         s.modify_attrs(APP, "@TGS#b", &[("n", &i.to_string())])
             .expect("no frequency limit");
@@ -1001,7 +1001,7 @@ async fn control_endpoints() {
             Some(json!({"k": "v".repeat(4001)}))
         )
         .await,
-        (422, json!({"error_code": 10047}))
+        (422, json!({"error_code": 10046}))
     );
     // Faults: on a group, then cleared with null.
     assert_eq!(
@@ -1486,4 +1486,111 @@ async fn binary_rejects_a_bad_scenario_with_64() {
         "{stderr}"
     );
     assert!(out.stdout.is_empty());
+}
+
+/// The reference's attribute-limit table (1047/44190): 10046 is a value over 4,000 bytes,
+/// 10047 more than 16 keys.
+#[tokio::test]
+async fn value_and_key_count_limits_answer_the_reference_codes() {
+    let s = start(base_scenario()).await;
+    let kv = |k: &str, v: &str| json!({"key": k, "value": v});
+    let v4001 = "v".repeat(4001);
+    let a = call(
+        &s,
+        SET,
+        json!({"GroupId": "@TGS#b", "GroupAttr": [kv("big", &v4001)]}),
+    )
+    .await;
+    assert_envelope(&a, 10046);
+    let many: Vec<Value> = (0..17).map(|i| kv(&format!("k{i}"), "v")).collect();
+    let a = call(&s, SET, json!({"GroupId": "@TGS#b", "GroupAttr": many})).await;
+    assert_envelope(&a, 10047);
+    assert_eq!(s.set_attrs(APP, "@TGS#b", &[("big", &v4001)]), Err(10046));
+}
+
+/// `delete_group_attr` of a key that does not exist answers 10050, and the call fails whole.
+#[tokio::test]
+async fn deleting_a_missing_key_answers_10050() {
+    let s = start(base_scenario()).await;
+    let a = call(
+        &s,
+        DELETE,
+        json!({"GroupId": "@TGS#a", "GroupAttr": [{"key": "k1"}, {"key": "missing"}]}),
+    )
+    .await;
+    assert_envelope(&a, 10050);
+    assert_eq!(
+        pairs(&get_attrs(&s, "@TGS#a").await),
+        owned(&[("k1", "v1"), ("k2", "v2")])
+    );
+    assert_eq!(s.delete_attrs(APP, "@TGS#a", &["missing"]), Err(10050));
+    let a = call(
+        &s,
+        DELETE,
+        json!({"GroupId": "@TGS#a", "GroupAttr": [{"key": "k1"}]}),
+    )
+    .await;
+    assert_envelope(&a, 0);
+    assert_eq!(
+        pairs(&get_attrs(&s, "@TGS#a").await),
+        owned(&[("k2", "v2")])
+    );
+}
+
+/// Community groups support every attribute call but `clear_group_attr` (10007).
+#[tokio::test]
+async fn clearing_a_community_group_answers_10007() {
+    let s = start(base_scenario()).await;
+    let kv = |k: &str, v: &str| json!({"key": k, "value": v});
+    let a = call(&s, CLEAR, json!({"GroupId": "@TGS#c"})).await;
+    assert_envelope(&a, 10007);
+    assert_eq!(pairs(&get_attrs(&s, "@TGS#c").await), owned(&[("c", "1")]));
+    let a = call(
+        &s,
+        MODIFY,
+        json!({"GroupId": "@TGS#c", "GroupAttr": [kv("d", "2")]}),
+    )
+    .await;
+    assert_envelope(&a, 0);
+    let a = call(
+        &s,
+        DELETE,
+        json!({"GroupId": "@TGS#c", "GroupAttr": [{"key": "d"}]}),
+    )
+    .await;
+    assert_envelope(&a, 0);
+    assert_eq!(s.clear_attrs(APP, "@TGS#c"), Err(10007));
+    // Other types clear as before.
+    assert_envelope(&call(&s, CLEAR, json!({"GroupId": "@TGS#a"})).await, 0);
+}
+
+/// `cycling_next` makes `get_appid_group_list` page 0 → A → B → A whatever the groups, for
+/// clients that must notice a cursor cycle; other calls are served as usual.
+#[tokio::test]
+async fn cycling_next_fault_cycles_the_list_cursor() {
+    let app = AppSpec::new(APP, ADMIN, SecretKey::new(KEY)).with_rate_limits(RateLimits {
+        get_appid_group_list: None,
+        ..RateLimits::default()
+    });
+    let s = start(
+        Scenario::new()
+            .app(app)
+            .group(APP, "@TGS#a", GroupType::Public, &[("k", "v")]),
+    )
+    .await;
+    s.set_fault(FaultTarget::App(APP), Some(Fault::CyclingNext));
+    let mut cursors = Vec::new();
+    let mut next = 0u64;
+    for _ in 0..4 {
+        let a = call(&s, LIST, json!({"Limit": 10, "Next": next})).await;
+        assert_envelope(&a, 0);
+        next = a.json["Next"].as_u64().expect("Next is a u64");
+        cursors.push(next);
+    }
+    let (a, b) = (NEXT_CURSOR_BASE, NEXT_CURSOR_BASE + 1);
+    assert_eq!(cursors, vec![a, b, a, b]);
+    assert_eq!(pairs(&get_attrs(&s, "@TGS#a").await), owned(&[("k", "v")]));
+    s.set_fault(FaultTarget::App(APP), None);
+    let a = call(&s, LIST, json!({"Limit": 10, "Next": 0})).await;
+    assert_eq!(a.json["Next"], 0, "{}", a.json);
 }

@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -615,4 +616,167 @@ async fn a_group_of_an_unsupported_type_is_a_per_group_error_and_stays_quiet() {
     let n = server.fake.counts().group(APP, "@TGS#voice") - before;
     assert!((1..=3).contains(&n), "{n} requests in 2 s at 1 s");
     d.stop().await;
+}
+
+/// 70020 (and 70016) most often mean the SDKAppID lives on another region's domain: the log
+/// line of the failing group says so. The fake answers 70020 for an SDKAppID it does not know,
+/// as an app called on the wrong region's domain sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_sdkappid_is_logged_as_perhaps_the_wrong_region() {
+    let _serial = SERIAL.lock().await;
+    install_crypto();
+    let server = timattr_exporter::fake::Fake::start(Default::default())
+        .await
+        .expect("fake API starts");
+    let cfg = ConfigDir::new(server.base_url().as_str(), &["@TGS#a"], "");
+    let exporter = Exporter::start(&cfg.path(), &[]);
+    let (exporter, line) = tokio::task::spawn_blocking(move || {
+        let line = exporter.wait_for_log("group poll failed", WAIT);
+        (exporter, line)
+    })
+    .await
+    .expect("the wait does not panic");
+    let line = line.unwrap_or_else(|| panic!("no poll failure logged:\n{}", exporter.logs()));
+    assert!(line.contains("error_code=70020"), "{line}");
+    assert!(line.contains("domain of another region"), "{line}");
+}
+
+/// A proxy answering a new undocumented code for every group must not grow series without end:
+/// per app, the `error_code` label takes documented codes as they are, the first
+/// `MAX_UNDOCUMENTED_CODES` others too, and `other` for the rest, in both families that carry
+/// it. `timattr_group_error_code` is a value and stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undocumented_error_codes_are_capped_per_app_with_other() {
+    use timattr_exporter::metrics::{MAX_UNDOCUMENTED_CODES, OTHER_ERROR_CODE};
+    let _serial = SERIAL.lock().await;
+    let server = fake_with_app().await;
+    let mut groups: Vec<(String, i64)> = (0..100)
+        .map(|i| (format!("@TGS#u{i}"), 20_001 + i))
+        .collect();
+    // A documented code keeps its label even after the cap is reached.
+    groups.push(("@TGS#gone".to_owned(), 10010));
+    for (g, code) in &groups {
+        server.fake.set_fault(
+            FaultTarget::Group(APP, g.clone()),
+            Some(Fault::ErrorCode(*code)),
+        );
+    }
+    let ids: Vec<&str> = groups.iter().map(|(g, _)| g.as_str()).collect();
+    let d = Running::start(&yaml(&[app_yaml(
+        APP,
+        server.base_url().as_str(),
+        "    rate_limit: 150\n",
+        &ids,
+    )]))
+    .await;
+    let t = d
+        .until("every group polled", |t| {
+            groups.iter().all(|(g, c)| code(t, g) == Some(*c as f64))
+        })
+        .await;
+    let app = APP.to_string();
+    let labels_of = |family: &str| -> BTreeSet<String> {
+        parse_samples(&t)
+            .into_iter()
+            .filter(|s| s.name == family)
+            .filter(|s| s.labels.iter().any(|(k, v)| k == "sdkappid" && *v == app))
+            .filter_map(|s| {
+                s.labels
+                    .into_iter()
+                    .find(|(k, _)| k == "error_code")
+                    .map(|(_, v)| v)
+            })
+            .collect()
+    };
+    let undocumented = |labels: &BTreeSet<String>| {
+        labels
+            .iter()
+            .filter(|l| l.parse::<i64>().is_ok_and(|c| c > 20_000))
+            .count()
+    };
+    let api = labels_of("timattr_api_errors_total");
+    assert_eq!(undocumented(&api), MAX_UNDOCUMENTED_CODES, "{api:?}");
+    assert!(
+        api.contains(OTHER_ERROR_CODE) && api.contains("10010"),
+        "{api:?}"
+    );
+    assert_eq!(api.len(), MAX_UNDOCUMENTED_CODES + 2, "{api:?}");
+    let by_code = labels_of("timattr_groups_by_error_code");
+    assert_eq!(
+        undocumented(&by_code),
+        MAX_UNDOCUMENTED_CODES,
+        "{by_code:?}"
+    );
+    // Both families give a code the same label.
+    assert!(
+        api.iter().all(|l| by_code.contains(l)),
+        "{api:?} vs {by_code:?}"
+    );
+    assert_eq!(
+        value(
+            &t,
+            "timattr_groups_by_error_code",
+            &[("sdkappid", &app), ("error_code", OTHER_ERROR_CODE)]
+        ),
+        Some((100 - MAX_UNDOCUMENTED_CODES) as f64)
+    );
+    d.stop().await;
+}
+
+/// A `get_appid_group_list` cursor that comes back (A → B → A) would page through the same
+/// groups forever: the listing notices the cursor it saw before, fails after those three pages,
+/// logs it, and keeps the last list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycling_list_cursor_fails_the_listing_and_keeps_the_last_list() {
+    let _serial = SERIAL.lock().await;
+    let server = fake_with_app().await;
+    for g in ["@TGS#d1", "@TGS#d2", "@TGS#d3"] {
+        group(&server, g, &[("k", "v")]);
+    }
+    let cfg = ConfigDir::new(server.base_url().as_str(), &[], "");
+    std::fs::write(
+        cfg.path(),
+        format!(
+            "poll_interval: 1s\napps:\n  - sdkappid: {APP}\n    endpoint: {}\n    identifier: {ADMIN}\n    secret_key_file: key\n    usersig_ttl: 1h\n    discover: {{refresh_interval: 2s}}\n",
+            server.base_url()
+        ),
+    )
+    .expect("write config");
+    let exporter = Exporter::start(&cfg.path(), &[]);
+    let wait_log = |exporter: Exporter, needle: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let line = exporter.wait_for_log(needle, Duration::from_secs(20));
+            (exporter, line)
+        })
+    };
+    let (exporter, line) = wait_log(exporter, "groups discovered")
+        .await
+        .expect("joins");
+    assert!(line.is_some(), "no listing:\n{}", exporter.logs());
+    let lists = || server.fake.request_times(APP, "get_appid_group_list").len();
+    server
+        .fake
+        .set_fault(FaultTarget::App(APP), Some(Fault::CyclingNext));
+    let before = lists();
+    let (exporter, line) = wait_log(exporter, "keeping the last list")
+        .await
+        .expect("joins");
+    let logs = exporter.logs();
+    assert!(line.is_some(), "the listing did not fail:\n{logs}");
+    // Pages 0, A and B; B answered A again.
+    assert_eq!(lists() - before, 3, "{logs}");
+    assert!(
+        logs.contains("returned a cursor it had returned before"),
+        "{logs}"
+    );
+    let metrics = scrape(&exporter.url("/metrics")).await;
+    assert_eq!(
+        value(
+            &metrics,
+            "timattr_groups",
+            &[("sdkappid", &APP.to_string())]
+        ),
+        Some(3.0),
+        "the last list is kept"
+    );
 }

@@ -26,8 +26,8 @@ use tokio::time::Instant;
 use super::callback::{AttrOption, Change};
 use super::fault::{HANG_MAX, Injected, Spoil};
 use super::model::{
-    Api, App, GroupType, INVALID_PARAMETER, MAX_LIST_LIMIT, NO_PERMISSION, VERIFIED_CACHE_CAP,
-    WriteKind,
+    Api, App, GroupType, INVALID_PARAMETER, MAX_LIST_LIMIT, NEXT_CURSOR_BASE, NO_PERMISSION,
+    VERIFIED_CACHE_CAP, WriteKind,
 };
 use super::{Fake, control, lock};
 use crate::usersig;
@@ -163,10 +163,11 @@ fn error_info(code: i64) -> &'static str {
         10018 => "The response exceeds 1 MB.",
         10021 => "The group ID is already used.",
         10045 => "The attribute key exceeds 32 bytes.",
-        10046 => "The group has more than 16 attribute keys.",
-        10047 => "The attribute value exceeds 4000 bytes.",
+        10046 => "The attribute value exceeds 4000 bytes.",
+        10047 => "The group has more than 16 attribute keys.",
         10048 => "The attribute values exceed 16000 bytes in all.",
         10049 => "Attribute writes to this group exceed 5 per second.",
+        10050 => "The attribute key does not exist.",
         60002 => "HTTP parse error.",
         60003 => "JSON parse error in the request.",
         60004 => "The identifier or UserSig is wrong.",
@@ -181,6 +182,7 @@ fn error_info(code: i64) -> &'static str {
         70009 => "The key does not match the SDKAppID.",
         70013 => "The identifier differs from the one in the UserSig.",
         70014 => "The SDKAppID differs from the one in the UserSig.",
+        70016 => "The verification key is missing.",
         70020 => "The SDKAppID was not found.",
         70402 => "Invalid parameter.",
         _ => "Fault injected by the fake API.",
@@ -332,7 +334,12 @@ impl Fake {
             }
         }
         match operate(&mut app, api, &req, arrived, group_label) {
-            Ok((extra, change)) => {
+            Ok((mut extra, change)) => {
+                if *spoil == Some(Spoil::CyclingNext) {
+                    if let Some(next) = extra.get_mut("Next") {
+                        *next = Value::from(cycling_next(req.get("Next")));
+                    }
+                }
                 // A fault that spoils the answer does not undo the change: Tencent would still
                 // call back.
                 if let Some(change) = change {
@@ -473,7 +480,7 @@ fn operate<'a>(
         }
         Api::ClearGroupAttr => {
             let id = str_field(req, "GroupId")?;
-            app.write_attrs(id, WriteKind::Set, &[], Some(now))?;
+            app.clear_attrs(id, Some(now))?;
             change = Some(Change::Attrs {
                 group_id: id,
                 option: AttrOption::Clear,
@@ -545,6 +552,17 @@ fn operate<'a>(
     Ok((out, change))
 }
 
+/// The `Next` of [`Spoil::CyclingNext`]: 0 → A, A → B, anything else → A. A and B are cursors
+/// the fake could have issued, so a client that pages on is served (empty) pages, not 10004.
+fn cycling_next(asked: Option<&Value>) -> u64 {
+    const A: u64 = NEXT_CURSOR_BASE;
+    const B: u64 = NEXT_CURSOR_BASE + 1;
+    match asked.and_then(Value::as_u64) {
+        Some(A) => B,
+        _ => A,
+    }
+}
+
 /// Applies the spoils that change the JSON itself; the byte-level ones wait for rendering.
 fn spoil_value(mut v: Value, spoil: Spoil, api: Option<Api>) -> Kind {
     match spoil {
@@ -580,6 +598,8 @@ fn spoil_value(mut v: Value, spoil: Spoil, api: Option<Api>) -> Kind {
             }
             Kind::Spoiled(v, spoil)
         }
+        // `decide_inner` already cycled `Next`; other calls are served as they are.
+        Spoil::CyclingNext if api != Some(Api::GetAppidGroupList) => Kind::Json(v),
         _ => Kind::Spoiled(v, spoil),
     }
 }
@@ -626,7 +646,7 @@ fn spoiled_response(v: &Value, spoil: Spoil) -> Response<Body> {
             b
         }
         Spoil::Oversized(n) => return oversized_response(n),
-        Spoil::DuplicateKey | Spoil::StatusMismatch => json,
+        Spoil::DuplicateKey | Spoil::StatusMismatch | Spoil::CyclingNext => json,
     };
     bytes_response("application/json", StatusCode::OK, full(body))
 }

@@ -40,6 +40,10 @@ pub enum Fault {
     DuplicateKey,
     /// `ActionStatus` "OK" together with a non-zero `ErrorCode` (10002).
     StatusMismatch,
+    /// `get_appid_group_list` answers a `Next` that cycles whatever the groups: 0 → A, A → B,
+    /// B (or anything else) → A, as a broken proxy or upstream might. Other calls are served
+    /// normally.
+    CyclingNext,
 }
 
 /// Where a fault applies: every request of an app, or requests naming one group.
@@ -94,6 +98,7 @@ pub enum Spoil {
     Oversized(usize),
     DuplicateKey,
     StatusMismatch,
+    CyclingNext,
 }
 
 impl Spoil {
@@ -106,6 +111,7 @@ impl Spoil {
             Spoil::Oversized(_) => "oversized_body",
             Spoil::DuplicateKey => "duplicate_key",
             Spoil::StatusMismatch => "status_mismatch",
+            Spoil::CyclingNext => "cycling_next",
         }
     }
 }
@@ -145,6 +151,7 @@ impl FaultSlot {
             }
             Fault::DuplicateKey => Injected::Spoil(Spoil::DuplicateKey),
             Fault::StatusMismatch => Injected::Spoil(Spoil::StatusMismatch),
+            Fault::CyclingNext => Injected::Spoil(Spoil::CyclingNext),
         }
     }
 }
@@ -190,6 +197,7 @@ mod tests {
         let f: Fault = serde_json::from_str(r#"{"latency":"2s"}"#).unwrap();
         assert_eq!(f, Fault::Latency(Duration::from_secs(2)));
         assert!(yaml("explode").is_err());
+        assert_eq!(yaml("cycling_next").unwrap(), Fault::CyclingNext);
         let json = serde_json::to_string(&Fault::OversizedBody(10)).unwrap();
         assert_eq!(json, r#"{"oversized_body":10}"#);
     }

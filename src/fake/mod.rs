@@ -26,8 +26,10 @@
 //! 7. the group's fault, if one is set;
 //! 8. group ID empty, over 48 bytes or not printable ASCII without spaces → 10015; no such
 //!    group (or destroyed) → 10010; its type without attribute support → 10007;
-//! 9. writes: key over 32 bytes → 10045, over 16 keys → 10046, value over 4,000 bytes → 10047,
+//! 9. writes: key over 32 bytes → 10045, value over 4,000 bytes → 10046, over 16 keys → 10047,
 //!    values over 16,000 bytes in all → 10048, over 5 writes to the group within a second → 10049;
+//!    `delete_group_attr` of a key the group does not hold → 10050 (nothing is deleted);
+//!    `clear_group_attr` on a Community group → 10007;
 //!    `create_group` on a used ID → 10021; a `get_appid_group_list` page over 1 MB → 10018.
 //!
 //! # Control endpoints
@@ -309,7 +311,8 @@ impl Fake {
         self.write_attrs(sdkappid, group_id, AttrOption::Modify, attrs)
     }
 
-    /// Removes the named attributes; absent keys are ignored.
+    /// Removes the named attributes; a key the group does not hold answers 10050 (and nothing
+    /// is deleted), as `delete_group_attr` does.
     pub fn delete_attrs(&self, sdkappid: u64, group_id: &str, keys: &[&str]) -> Result<(), i64> {
         self.with_app(sdkappid, |app| {
             app.delete_attrs(group_id, keys, None)?;
@@ -324,8 +327,18 @@ impl Fake {
         })
     }
 
+    /// Removes every attribute; a Community group answers 10007, as `clear_group_attr` does.
     pub fn clear_attrs(&self, sdkappid: u64, group_id: &str) -> Result<(), i64> {
-        self.write_attrs(sdkappid, group_id, AttrOption::Clear, &[])
+        self.with_app(sdkappid, |app| {
+            app.clear_attrs(group_id, None)?;
+            let change = Change::Attrs {
+                group_id,
+                option: AttrOption::Clear,
+                attrs: Vec::new(),
+            };
+            self.changed(app, change, None);
+            Ok(())
+        })
     }
 
     fn write_attrs(

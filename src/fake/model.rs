@@ -29,14 +29,16 @@ pub const RESPONSE_TOO_LARGE: i64 = 10018;
 pub const GROUP_ID_IN_USE: i64 = 10021;
 /// An attribute key is longer than [`MAX_KEY_BYTES`].
 pub const KEY_TOO_LONG: i64 = 10045;
-/// A group would hold more than [`MAX_KEYS`] attributes.
-pub const TOO_MANY_KEYS: i64 = 10046;
 /// An attribute value is longer than [`MAX_VALUE_BYTES`].
-pub const VALUE_TOO_LONG: i64 = 10047;
+pub const VALUE_TOO_LONG: i64 = 10046;
+/// A group would hold more than [`MAX_KEYS`] attributes.
+pub const TOO_MANY_KEYS: i64 = 10047;
 /// All values together would exceed [`MAX_TOTAL_VALUE_BYTES`].
 pub const TOTAL_TOO_LARGE: i64 = 10048;
 /// More than [`MAX_WRITES_PER_SECOND`] writes to one group within a second.
 pub const WRITE_FREQUENCY_LIMIT: i64 = 10049;
+/// `delete_group_attr` names a key the group does not hold.
+pub const KEY_NOT_FOUND: i64 = 10050;
 /// The app's REST call rate for this API is exceeded.
 pub const REST_FREQUENCY_LIMIT: i64 = 60007;
 /// No app with this SDKAppID.
@@ -467,6 +469,16 @@ impl App {
         Ok(())
     }
 
+    /// Removes every attribute. Community groups support the other attribute calls but not
+    /// this one (10007), as the reference says.
+    pub fn clear_attrs(&mut self, id: &str, now: Option<Instant>) -> Result<(), i64> {
+        if self.attr_group(id)?.group_type == GroupType::Community {
+            return Err(NO_PERMISSION);
+        }
+        self.write_attrs(id, WriteKind::Set, &[], now)
+    }
+
+    /// Removes the named attributes; a key the group does not hold answers 10050.
     pub fn delete_attrs(
         &mut self,
         id: &str,
@@ -480,6 +492,10 @@ impl App {
             .expect("attr_group checked it exists");
         if keys.iter().any(|k| k.is_empty()) {
             return Err(INVALID_PARAMETER);
+        }
+        // One missing key fails the whole call, so nothing is deleted.
+        if !keys.iter().all(|k| group.attrs.iter().any(|(a, _)| a == k)) {
+            return Err(KEY_NOT_FOUND);
         }
         if let Some(now) = now {
             if !slide(&mut group.writes, now, MAX_WRITES_PER_SECOND) {
@@ -602,6 +618,15 @@ mod tests {
         assert_eq!(w(&mut a, &big), Err(TOTAL_TOO_LARGE));
         assert_eq!(w(&mut a, &big[..4]), Ok(()));
         assert_eq!(w(&mut a, &[("", "v")]), Err(INVALID_PARAMETER));
+        assert_eq!((VALUE_TOO_LONG, TOO_MANY_KEYS), (10046, 10047));
+        assert_eq!(
+            a.delete_attrs("g", &["k0", "nope"], None),
+            Err(KEY_NOT_FOUND)
+        );
+        assert_eq!(a.delete_attrs("g", &["k0"], None), Ok(()));
+        a.create_group("c", GroupType::Community).unwrap();
+        assert_eq!(a.clear_attrs("c", None), Err(NO_PERMISSION));
+        assert_eq!(a.clear_attrs("g", None), Ok(()));
     }
 
     #[test]

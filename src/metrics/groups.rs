@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Mutex, PoisonError};
 
+use super::code_labels::{CodeLabel, CodeLabels};
 use super::exposition::{escape_label_value, push_i64, push_u64, start, write_f64};
 use super::{
     Family, GROUP_ATTRIBUTE_CHANGES, GROUP_ATTRIBUTE_VALUE_HASH, GROUP_ATTRIBUTES,
@@ -24,10 +25,12 @@ use crate::store::{GroupView, Store};
 pub(super) struct SizeHints(Mutex<[usize; FAMILIES]>);
 
 /// Appends the families in Prometheus text format 0.0.4, sorted by `sdkappid` then `group_id`.
+/// `codes` holds each app's labelled codes (`error_code` of `timattr_groups_by_error_code`).
 pub(super) fn render(
     out: &mut String,
     store: &Store,
     value_hashes: ValueHashes,
+    codes: &BTreeMap<u64, CodeLabels>,
     sizes: &SizeHints,
 ) {
     let mut f = Families::default();
@@ -48,10 +51,17 @@ pub(super) fn render(
         });
         let app_labels = format!("sdkappid=\"{sdkappid}\"");
         let _ = writeln!(f.groups, "{}{{{app_labels}}} {assigned}", GROUPS.0);
+        // Every code in the store went through the app's observer first, so its set knows
+        // them; an app without one gets a set of its own here, bounded all the same.
+        let mut labels = codes.get(&sdkappid).cloned().unwrap_or_default();
+        let mut by_label: BTreeMap<CodeLabel, u64> = BTreeMap::new();
         for (code, n) in by_code {
+            *by_label.entry(labels.admit(code)).or_default() += n;
+        }
+        for (label, n) in by_label {
             let _ = writeln!(
                 f.by_code,
-                "{}{{{app_labels},error_code=\"{code}\"}} {n}",
+                "{}{{{app_labels},error_code=\"{label}\"}} {n}",
                 GROUPS_BY_ERROR_CODE.0
             );
         }
@@ -201,7 +211,7 @@ mod tests {
 
     fn text(store: &Store, vh: ValueHashes) -> String {
         let mut out = String::new();
-        render(&mut out, store, vh, &SizeHints::default());
+        render(&mut out, store, vh, &BTreeMap::new(), &SizeHints::default());
         out
     }
 
@@ -458,10 +468,22 @@ mod tests {
         store.apply(1, "g", &ok(&attrs(&[("a", "1")])), 1.0);
         let hints = SizeHints::default();
         let mut first = String::new();
-        render(&mut first, &store, ValueHashes::PerKey, &hints);
+        render(
+            &mut first,
+            &store,
+            ValueHashes::PerKey,
+            &BTreeMap::new(),
+            &hints,
+        );
         assert!(hints.0.lock().expect("not poisoned").iter().all(|&n| n > 0));
         let mut second = String::new();
-        render(&mut second, &store, ValueHashes::PerKey, &hints);
+        render(
+            &mut second,
+            &store,
+            ValueHashes::PerKey,
+            &BTreeMap::new(),
+            &hints,
+        );
         assert_eq!(first, second);
     }
 

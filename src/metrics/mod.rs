@@ -13,6 +13,7 @@
 //! healthy, so alerts and dashboards have a series to divide by; other codes appear while at
 //! least one group's latest poll ended with them.
 
+mod code_labels;
 mod exposition;
 mod groups;
 
@@ -28,6 +29,8 @@ use prometheus::{
 use crate::observe::{Api, ApiObserver};
 use crate::outcome::{FailureReason, Outcome};
 use crate::store::Store;
+use code_labels::{CodeLabel, CodeLabels};
+pub use code_labels::{MAX_UNDOCUMENTED_CODES, OTHER as OTHER_ERROR_CODE};
 
 /// Which value hashes `/metrics` carries (`value_hashes` in the config). Defined here, with the
 /// families it switches, so that `config` and the store need not know each other.
@@ -349,6 +352,7 @@ impl Metrics {
                 live: Mutex::new(Live {
                     removed: false,
                     error_series: BTreeSet::new(),
+                    codes: CodeLabels::default(),
                 }),
             })
         });
@@ -383,10 +387,10 @@ impl Metrics {
         if let Some(app) = app {
             let mut live = app.live.lock().unwrap_or_else(PoisonError::into_inner);
             live.removed = true;
-            for (api, code) in std::mem::take(&mut live.error_series) {
+            for (api, label) in std::mem::take(&mut live.error_series) {
                 let _ = self
                     .errors
-                    .remove_label_values(&[&id, api.as_str(), &code.to_string()]);
+                    .remove_label_values(&[&id, api.as_str(), &label.to_string()]);
             }
         }
         for api in Api::ALL {
@@ -436,7 +440,18 @@ impl Metrics {
     /// `timattr_groups` and `timattr_groups_by_error_code`, sorted by `sdkappid` then `group_id`.
     /// The part of a scrape that grows with the number of groups; public for the benchmarks.
     pub fn render_groups(&self, store: &Store, value_hashes: ValueHashes, out: &mut String) {
-        groups::render(out, store, value_hashes, &self.group_sizes);
+        // Each app's labelled codes, so both `error_code` families label a code alike.
+        let codes: BTreeMap<u64, CodeLabels> = self
+            .apps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, app)| {
+                let live = app.live.lock().unwrap_or_else(PoisonError::into_inner);
+                (*id, live.codes.clone())
+            })
+            .collect();
+        groups::render(out, store, value_hashes, &codes, &self.group_sizes);
     }
 }
 
@@ -457,7 +472,9 @@ struct AppObserver {
 /// created again for it).
 struct Live {
     removed: bool,
-    error_series: BTreeSet<(Api, i64)>,
+    error_series: BTreeSet<(Api, CodeLabel)>,
+    /// Which undocumented codes have a label of their own (see `code_labels`).
+    codes: CodeLabels,
 }
 
 fn api_index(api: Api) -> usize {
@@ -489,9 +506,10 @@ impl ApiObserver for AppObserver {
                 if live.removed {
                     return;
                 }
-                live.error_series.insert((api, code));
+                let label = live.codes.admit(code);
+                live.error_series.insert((api, label));
                 self.errors
-                    .with_label_values(&[&self.sdkappid, api.as_str(), &code.to_string()])
+                    .with_label_values(&[&self.sdkappid, api.as_str(), &label.to_string()])
                     .inc();
             }
             Outcome::NoAnswer(reason) => self.failures[i][reason_index(*reason)].inc(),
