@@ -29,6 +29,7 @@ const SPEC_FLAGS: &[&str] = &[
     "--shard",
     "--total-shards",
     "--shard.from-hostname",
+    "--config.auto-reload-interval",
     "--demo",
 ];
 
@@ -202,6 +203,10 @@ fn validator_rejects_misspelt_fields_bad_values_and_unknown_kinds() {
     let bad_interval = sm.replace("interval: 30s", "interval: 30 seconds");
     assert_ne!(bad_interval, sm);
     std::fs::write(dir.path().join("interval.yaml"), bad_interval).expect("write");
+    let rule = read(&k8s_dir().join("prometheusrule.yaml"));
+    let bad_for = rule.replacen("for: 1m", "for: one minute", 1);
+    assert_ne!(bad_for, rule);
+    std::fs::write(dir.path().join("rule.yaml"), bad_for).expect("write");
     std::fs::write(
         dir.path().join("unknown.yaml"),
         "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n",
@@ -211,7 +216,8 @@ fn validator_rejects_misspelt_fields_bad_values_and_unknown_kinds() {
     let out = run_validator(&[dir.path()]);
     assert!(!out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("0 passed, 3 failed"), "{}", describe(&out));
+    assert!(stdout.contains("0 passed, 4 failed"), "{}", describe(&out));
+    assert!(stdout.contains("'one minute' does not match"), "{stdout}");
     assert!(
         stdout.contains("'readOnlyRootFilesytem' was unexpected"),
         "{stdout}"
@@ -621,12 +627,222 @@ fn kustomization_lists_every_manifest_and_one_scrape_config() {
         "only the alternative is left out"
     );
     assert!(resources.contains(&"servicemonitor.yaml"));
+    for generated in ["prometheusrule.yaml", "dashboard-configmap.yaml"] {
+        assert!(resources.contains(&generated), "{generated} is applied");
+    }
+    let components: Vec<&str> = kust["components"]
+        .as_sequence()
+        .expect("components is a list")
+        .iter()
+        .map(|c| str_at(c, "a component"))
+        .collect();
+    assert_eq!(components, ["shards"]);
 
     let sts = statefulset();
     let image = str_at(&container(&sts)["image"], "image");
     let name = image.rsplit_once(':').map_or(image, |(n, _)| n);
     let images = kust["images"].as_sequence().expect("images is a list");
     assert!(images.iter().any(|i| i["name"].as_str() == Some(name)));
+}
+
+/// ConfigMap and Secret changes apply without a shell in the image: the exporter re-reads them.
+#[test]
+fn statefulset_reloads_its_config_and_secret_by_itself() {
+    let sts = statefulset();
+    assert_eq!(flag_value(&sts, "--config.auto-reload-interval"), "30s");
+}
+
+/// The kustomize component that makes `spec.replicas` the one place the shard count is set.
+fn shards_replacement() -> Value {
+    let component: Value =
+        serde_yaml::from_str(&read(&k8s_dir().join("shards/kustomization.yaml")))
+            .expect("shards/kustomization.yaml is YAML");
+    assert_eq!(component["kind"].as_str(), Some("Component"));
+    let replacements = component["replacements"]
+        .as_sequence()
+        .expect("replacements");
+    assert_eq!(replacements.len(), 1);
+    replacements[0].clone()
+}
+
+/// What kustomize does with the `shards` replacement, applied here by hand: the source field's
+/// value becomes the part after `=` of the target argument.
+fn apply_shards_replacement(sts: &mut Value) {
+    let r = shards_replacement();
+    assert_eq!(r["source"]["kind"].as_str(), Some("StatefulSet"));
+    assert_eq!(r["source"]["name"].as_str(), Some("timattr-exporter"));
+    assert_eq!(r["source"]["fieldPath"].as_str(), Some("spec.replicas"));
+    let target = &r["targets"][0];
+    assert_eq!(target["select"]["kind"].as_str(), Some("StatefulSet"));
+    assert_eq!(target["select"]["name"].as_str(), Some("timattr-exporter"));
+    let name = str_at(&container(sts)["name"], "container name").to_owned();
+    assert_eq!(
+        target["fieldPaths"].as_sequence().map(Vec::len),
+        Some(1),
+        "one target field"
+    );
+    assert_eq!(
+        target["fieldPaths"][0].as_str(),
+        Some(format!("spec.template.spec.containers.[name={name}].args.3").as_str())
+    );
+    assert_eq!(target["options"]["delimiter"].as_str(), Some("="));
+    assert_eq!(target["options"]["index"].as_u64(), Some(1));
+    let replicas = sts["spec"]["replicas"].as_u64().expect("replicas");
+    let arg = &mut sts["spec"]["template"]["spec"]["containers"][0]["args"][3];
+    let flag = arg
+        .as_str()
+        .and_then(|a| a.split_once('='))
+        .map(|(f, _)| f.to_owned())
+        .expect("args[3] is --flag=value");
+    *arg = Value::from(format!("{flag}={replicas}"));
+}
+
+/// A kustomize on this machine: `kustomize build` or `kubectl kustomize`.
+fn kustomize() -> Option<Vec<String>> {
+    let works = |cmd: &[&str]| {
+        Command::new(cmd[0])
+            .args(&cmd[1..])
+            .arg("--help")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if works(&["kustomize", "build"]) {
+        Some(vec!["kustomize".into(), "build".into()])
+    } else if works(&["kubectl", "kustomize"]) {
+        Some(vec!["kubectl".into(), "kustomize".into()])
+    } else {
+        None
+    }
+}
+
+fn kustomize_build(tool: &[String], dir: &Path) -> String {
+    let out = Command::new(&tool[0])
+        .args(&tool[1..])
+        .arg(dir)
+        .output()
+        .expect("kustomize runs");
+    assert!(out.status.success(), "{}", describe(&out));
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+fn docs_of(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).expect("YAML document"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let path = entry.expect("entry").path();
+        let dest = to.join(path.file_name().expect("a name"));
+        if path.is_dir() {
+            copy_dir(&path, &dest);
+        } else {
+            std::fs::copy(&path, &dest).expect("copy");
+        }
+    }
+}
+
+/// `spec.replicas` is the one place the number of shards is set: the `shards` component copies
+/// it into `--total-shards`, in the base and in an overlay that scales it as the README says.
+/// The rendered base passes the strict schema validation. Without a kustomize (`kustomize` or
+/// `kubectl kustomize`; Debian's is too old for components and replacements) the replacement is
+/// applied here by hand and only that is checked: the test says so on stderr.
+#[test]
+fn replicas_set_total_shards_through_kustomize() {
+    let mut sts = statefulset();
+    let mut bumped = sts.clone();
+    bumped["spec"]["replicas"] = Value::from(7);
+    apply_shards_replacement(&mut bumped);
+    assert_eq!(flag_value(&bumped, "--total-shards"), "7");
+    apply_shards_replacement(&mut sts);
+    assert_eq!(sts, statefulset(), "the shipped args already agree");
+
+    let Some(tool) = kustomize() else {
+        eprintln!(
+            "NOTE: no `kustomize` or `kubectl kustomize` on PATH: the shards replacement was \
+             checked statically only"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let base = dir.path().join("base");
+    copy_dir(&k8s_dir(), &base);
+    let built = kustomize_build(&tool, &base);
+    let rendered = dir.path().join("rendered.yaml");
+    std::fs::write(&rendered, &built).expect("write");
+    let out = run_validator(&[&rendered]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let docs = docs_of(&built);
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    for kind in ["StatefulSet", "PrometheusRule", "ServiceMonitor"] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{} passed, 0 failed", docs.len()))
+    );
+    assert!(docs.iter().any(|d| d["kind"] == "ConfigMap"
+        && d["metadata"]["labels"]["grafana_dashboard"].as_str() == Some("1")));
+
+    // An overlay scaling to 5 as deploy/kubernetes/README.md shows.
+    let overlay = dir.path().join("overlay");
+    std::fs::create_dir_all(overlay.join("scale")).expect("mkdir");
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        "resources: [../base]\ncomponents: [scale, ../base/shards]\n",
+    )
+    .expect("write");
+    std::fs::write(
+        overlay.join("scale/kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\n\
+         replicas:\n  - {name: timattr-exporter, count: 5}\n",
+    )
+    .expect("write");
+    let scaled = docs_of(&kustomize_build(&tool, &overlay));
+    let sts = scaled
+        .iter()
+        .find(|d| d["kind"] == "StatefulSet")
+        .expect("the StatefulSet");
+    assert_eq!(sts["spec"]["replicas"].as_u64(), Some(5));
+    assert_eq!(flag_value(sts, "--total-shards"), "5");
+}
+
+/// The generated PrometheusRule holds exactly the groups of alerts.yml and rules.yml, and the
+/// dashboard ConfigMap exactly dashboards/timattr.json (its runbook links on the default base).
+/// (tests/observability.rs checks the files byte for byte against a fresh render.)
+#[test]
+fn generated_prometheusrule_and_dashboard_hold_the_shipped_files() {
+    let groups = |rel: &str| -> Vec<Value> {
+        let doc: Value = serde_yaml::from_str(&read(&repo().join(rel))).expect("YAML");
+        doc["groups"].as_sequence().expect("groups").clone()
+    };
+    let mut want = groups("config/prometheus/alerts.yml");
+    want.extend(groups("config/prometheus/rules.yml"));
+    let rule = object("PrometheusRule", "timattr-exporter");
+    assert_eq!(
+        rule["spec"]["groups"].as_sequence().expect("spec.groups"),
+        &want
+    );
+
+    let cm = object("ConfigMap", "timattr-exporter-dashboard");
+    assert_eq!(
+        cm["metadata"]["labels"]["grafana_dashboard"].as_str(),
+        Some("1")
+    );
+    let embedded: serde_json::Value =
+        serde_json::from_str(str_at(&cm["data"]["timattr.json"], "the dashboard"))
+            .expect("the embedded dashboard is JSON");
+    let shipped = read(&repo().join("dashboards/timattr.json")).replace(
+        "https://github.com/timattr/timattr_exporter/blob/main/docs/runbook.md",
+        "docs/runbook.md",
+    );
+    let shipped: serde_json::Value = serde_json::from_str(&shipped).expect("dashboard JSON");
+    assert!(
+        embedded == shipped,
+        "the ConfigMap's dashboard differs from dashboards/timattr.json: run scripts/render-rules.py"
+    );
 }
 
 /// Dockerfile instructions, continuation lines joined, comments dropped.

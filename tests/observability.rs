@@ -213,6 +213,8 @@ fn render(args: &[&str]) -> tempfile::TempDir {
 const RENDERED: &[&str] = &[
     "config/prometheus/alerts.yml",
     "config/prometheus/alerts_test.yml",
+    "deploy/kubernetes/prometheusrule.yaml",
+    "deploy/kubernetes/dashboard-configmap.yaml",
 ];
 
 /// The shipped rendered files are exactly what their templates give with the default base:
