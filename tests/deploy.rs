@@ -1124,3 +1124,238 @@ fn every_way_of_scraping_sets_the_job_the_alerts_select() {
         }
     }
 }
+
+// ---------------------------------------------------------------- examples/ (systemd, TLS)
+
+/// `key=value` settings of one `[section]` of a systemd unit, continuation lines joined.
+fn unit_section(text: &str, section: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut pending = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if pending.is_empty() && (line.starts_with('#') || line.starts_with(';') || line.is_empty())
+        {
+            continue;
+        }
+        if pending.is_empty() && line.starts_with('[') {
+            current = line.trim_matches(|c| c == '[' || c == ']').to_owned();
+            continue;
+        }
+        let (joined, more) = match line.strip_suffix('\\') {
+            Some(head) => (format!("{pending}{} ", head.trim_end()), true),
+            None => (format!("{pending}{line}"), false),
+        };
+        if more {
+            pending = joined;
+            continue;
+        }
+        pending.clear();
+        if current == section {
+            let (k, v) = joined.split_once('=').expect("key=value");
+            out.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    out
+}
+
+fn unit_values(settings: &[(String, String)], key: &str) -> Vec<String> {
+    settings
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// The systemd unit is hardened (a dynamic user, a read-only system but for its state
+/// directory, secrets as credentials) and its paths agree with each other and the exporter's
+/// flags; `systemd-analyze verify` (when present) finds nothing to say about it.
+#[test]
+fn systemd_unit_is_hardened_and_consistent() {
+    let path = repo().join("examples/timattr_exporter.service");
+    let text = read(&path);
+    let service = unit_section(&text, "Service");
+    let one = |key: &str| -> String {
+        let v = unit_values(&service, key);
+        assert_eq!(v.len(), 1, "one {key}= in [Service]: {v:?}");
+        v[0].clone()
+    };
+    assert!(
+        one("DynamicUser") == "yes" || !unit_values(&service, "User").is_empty(),
+        "a dynamic or dedicated user"
+    );
+    for (key, want) in [
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("StateDirectory", "timattr_exporter"),
+        ("Restart", "on-failure"),
+    ] {
+        assert_eq!(one(key), want, "{key}");
+    }
+    // The config's state_file lives in the state directory.
+    assert!(text.contains("state_file: /var/lib/timattr_exporter/state.json"));
+    // The secret key comes in as a credential, at the path the config names.
+    let creds: Vec<(String, String)> = unit_values(&service, "LoadCredential")
+        .iter()
+        .map(|c| {
+            let (name, src) = c.split_once(':').expect("name:path");
+            (name.to_owned(), src.to_owned())
+        })
+        .collect();
+    let unit_name = path.file_name().expect("a name").to_string_lossy();
+    let secret = creds
+        .iter()
+        .find(|(name, _)| name.contains("secret_key"))
+        .expect("LoadCredential= for the secret key");
+    assert!(text.contains(&format!(
+        "secret_key_file: /run/credentials/{unit_name}/{}",
+        secret.0
+    )));
+    // ExecStart runs the binary with SPEC flags only; the web config is a credential too.
+    let exec = one("ExecStart");
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some(ENTRYPOINT));
+    let flags: Vec<&str> = words.collect();
+    for flag in &flags {
+        let name = flag.split('=').next().expect("a flag");
+        assert!(SPEC_FLAGS.contains(&name), "{flag} is not a SPEC flag");
+    }
+    let web = flags
+        .iter()
+        .find_map(|f| f.strip_prefix("--web.config.file=%d/"))
+        .expect("--web.config.file from the credentials directory");
+    assert!(creds.iter().any(|(name, _)| name == web), "{web} is loaded");
+    // Whatever the web config names relative to itself is loaded beside it.
+    let web_config: Value =
+        serde_yaml::from_str(&read(&repo().join("examples/web-config.yml"))).expect("YAML");
+    for key in ["cert_file", "key_file"] {
+        let file = str_at(&web_config["tls_server_config"][key], key);
+        assert!(
+            creds.iter().any(|(name, _)| name == file),
+            "{file} is loaded"
+        );
+    }
+
+    // systemd's own check, with the binary this build made at the ExecStart path.
+    match Command::new("systemd-analyze").arg("--version").output() {
+        Ok(o) if o.status.success() => {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let copy = dir.path().join(&*unit_name);
+            std::fs::write(
+                &copy,
+                text.replace(ENTRYPOINT, env!("CARGO_BIN_EXE_timattr_exporter")),
+            )
+            .expect("write");
+            let out = Command::new("systemd-analyze")
+                .arg("verify")
+                .arg(&copy)
+                .output()
+                .expect("systemd-analyze runs");
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // It reports unknown keys and bad values as warnings, still exiting 0.
+            let about_unit: Vec<&str> = said.lines().filter(|l| l.contains(&*unit_name)).collect();
+            assert!(
+                out.status.success() && about_unit.is_empty(),
+                "systemd-analyze verify:\n{said}"
+            );
+        }
+        _ => eprintln!("NOTE: no systemd-analyze: the unit was checked statically only"),
+    }
+}
+
+fn write_tls_pair(dir: &Path) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    std::fs::write(dir.join("tls.crt"), cert.pem()).expect("write");
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("write");
+}
+
+/// The web-config example loads (TLS and basic auth) with the library's web_config module and
+/// through `--config.check`, and its hash is of the password it documents; a broken copy fails.
+#[test]
+fn web_config_example_loads() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let text = read(&repo().join("examples/web-config.yml"));
+    assert!(text.contains(r#"htpasswd -nBC 10 "" | tr -d ':\n'"#));
+    let web = dir.path().join("web.yml");
+    std::fs::write(&web, &text).expect("write");
+    write_tls_pair(dir.path());
+
+    let loaded = timattr_exporter::web_config::load(&web)
+        .unwrap_or_else(|e| panic!("examples/web-config.yml: {e}"));
+    assert!(loaded.tls().is_some(), "TLS is on");
+    assert!(loaded.requires_basic_auth(), "basic auth is on");
+    let doc: Value = serde_yaml::from_str(&text).expect("YAML");
+    let hash = str_at(&doc["basic_auth_users"]["prometheus"], "the hash");
+    assert!(
+        hash.starts_with("$2") && hash.contains("$10$"),
+        "bcrypt, cost 10"
+    );
+    assert!(bcrypt::verify("change-me", hash).expect("a bcrypt hash"));
+
+    // The binary checks it with the config.
+    let key = dir.path().join("secret_key");
+    std::fs::write(&key, "placeholder\n").expect("write");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let config = dir.path().join("timattr.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "apps:\n  - sdkappid: 1400000000\n    region: singapore\n    identifier: administrator\n    \
+             secret_key_file: {}\n    groups: [\"@TGS#a\"]\n",
+            key.display()
+        ),
+    )
+    .expect("write");
+    let check = |web: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_timattr_exporter"))
+            .arg("--config.check")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--web.config.file={}", web.display()))
+            .output()
+            .expect("the binary runs")
+    };
+    let out = check(&web);
+    assert!(out.status.success(), "{}", describe(&out));
+
+    let broken = dir.path().join("broken.yml");
+    std::fs::write(
+        &broken,
+        text.replace("key_file: tls.key", "key_file: missing.key"),
+    )
+    .expect("write");
+    let out = check(&broken);
+    assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
+}
+
+/// The scrape example is a valid Prometheus config under the job the alerts select, speaking
+/// TLS and basic auth as the web-config example wants.
+#[test]
+fn scrape_config_example_is_valid_and_uses_the_alerted_job() {
+    let path = repo().join("examples/prometheus-scrape.yml");
+    let doc: Value = serde_yaml::from_str(&read(&path)).expect("YAML");
+    let jobs = doc["scrape_configs"].as_sequence().expect("scrape_configs");
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["job_name"].as_str(), Some(alerted_job().as_str()));
+    assert_eq!(jobs[0]["scheme"].as_str(), Some("https"));
+    assert_eq!(
+        jobs[0]["basic_auth"]["username"].as_str(),
+        Some("prometheus")
+    );
+    let out = Command::new(std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into()))
+        .args(["check", "config"])
+        .arg(&path)
+        .output()
+        .expect("promtool runs (scripts/install-test-deps.sh)");
+    assert!(out.status.success(), "{}", describe(&out));
+}
