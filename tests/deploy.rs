@@ -4,7 +4,10 @@
 //! here against the code (flags, port), the SPEC (probe paths) and itself (mount paths against
 //! the embedded config, label selectors against the labels they must pick, replicas against
 //! `--total-shards`). The `Dockerfile` is checked for what a build would trip on: copied paths,
-//! the binary name, the port, the user, `--locked` with a committed `Cargo.lock`.
+//! the binary name, the port, the user, `--locked` with a committed `Cargo.lock`. The generated
+//! PrometheusRule and dashboard ConfigMap hold the shipped files, and `spec.replicas` reaches
+//! `--total-shards` through the kustomization's `shards` component. `examples/`: the systemd
+//! unit, the web-config and the scrape config.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
