@@ -4,7 +4,10 @@
 //! here against the code (flags, port), the SPEC (probe paths) and itself (mount paths against
 //! the embedded config, label selectors against the labels they must pick, replicas against
 //! `--total-shards`). The `Dockerfile` is checked for what a build would trip on: copied paths,
-//! the binary name, the port, the user, `--locked` with a committed `Cargo.lock`.
+//! the binary name, the port, the user, `--locked` with a committed `Cargo.lock`. The generated
+//! PrometheusRule and dashboard ConfigMap hold the shipped files, and `spec.replicas` reaches
+//! `--total-shards` through the kustomization's `shards` component. `examples/`: the systemd
+//! unit, the web-config and the scrape config.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -29,6 +32,7 @@ const SPEC_FLAGS: &[&str] = &[
     "--shard",
     "--total-shards",
     "--shard.from-hostname",
+    "--config.auto-reload-interval",
     "--demo",
 ];
 
@@ -202,6 +206,10 @@ fn validator_rejects_misspelt_fields_bad_values_and_unknown_kinds() {
     let bad_interval = sm.replace("interval: 30s", "interval: 30 seconds");
     assert_ne!(bad_interval, sm);
     std::fs::write(dir.path().join("interval.yaml"), bad_interval).expect("write");
+    let rule = read(&k8s_dir().join("prometheusrule.yaml"));
+    let bad_for = rule.replacen("for: 1m", "for: one minute", 1);
+    assert_ne!(bad_for, rule);
+    std::fs::write(dir.path().join("rule.yaml"), bad_for).expect("write");
     std::fs::write(
         dir.path().join("unknown.yaml"),
         "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n",
@@ -211,7 +219,8 @@ fn validator_rejects_misspelt_fields_bad_values_and_unknown_kinds() {
     let out = run_validator(&[dir.path()]);
     assert!(!out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("0 passed, 3 failed"), "{}", describe(&out));
+    assert!(stdout.contains("0 passed, 4 failed"), "{}", describe(&out));
+    assert!(stdout.contains("'one minute' does not match"), "{stdout}");
     assert!(
         stdout.contains("'readOnlyRootFilesytem' was unexpected"),
         "{stdout}"
@@ -621,12 +630,222 @@ fn kustomization_lists_every_manifest_and_one_scrape_config() {
         "only the alternative is left out"
     );
     assert!(resources.contains(&"servicemonitor.yaml"));
+    for generated in ["prometheusrule.yaml", "dashboard-configmap.yaml"] {
+        assert!(resources.contains(&generated), "{generated} is applied");
+    }
+    let components: Vec<&str> = kust["components"]
+        .as_sequence()
+        .expect("components is a list")
+        .iter()
+        .map(|c| str_at(c, "a component"))
+        .collect();
+    assert_eq!(components, ["shards"]);
 
     let sts = statefulset();
     let image = str_at(&container(&sts)["image"], "image");
     let name = image.rsplit_once(':').map_or(image, |(n, _)| n);
     let images = kust["images"].as_sequence().expect("images is a list");
     assert!(images.iter().any(|i| i["name"].as_str() == Some(name)));
+}
+
+/// ConfigMap and Secret changes apply without a shell in the image: the exporter re-reads them.
+#[test]
+fn statefulset_reloads_its_config_and_secret_by_itself() {
+    let sts = statefulset();
+    assert_eq!(flag_value(&sts, "--config.auto-reload-interval"), "30s");
+}
+
+/// The kustomize component that makes `spec.replicas` the one place the shard count is set.
+fn shards_replacement() -> Value {
+    let component: Value =
+        serde_yaml::from_str(&read(&k8s_dir().join("shards/kustomization.yaml")))
+            .expect("shards/kustomization.yaml is YAML");
+    assert_eq!(component["kind"].as_str(), Some("Component"));
+    let replacements = component["replacements"]
+        .as_sequence()
+        .expect("replacements");
+    assert_eq!(replacements.len(), 1);
+    replacements[0].clone()
+}
+
+/// What kustomize does with the `shards` replacement, applied here by hand: the source field's
+/// value becomes the part after `=` of the target argument.
+fn apply_shards_replacement(sts: &mut Value) {
+    let r = shards_replacement();
+    assert_eq!(r["source"]["kind"].as_str(), Some("StatefulSet"));
+    assert_eq!(r["source"]["name"].as_str(), Some("timattr-exporter"));
+    assert_eq!(r["source"]["fieldPath"].as_str(), Some("spec.replicas"));
+    let target = &r["targets"][0];
+    assert_eq!(target["select"]["kind"].as_str(), Some("StatefulSet"));
+    assert_eq!(target["select"]["name"].as_str(), Some("timattr-exporter"));
+    let name = str_at(&container(sts)["name"], "container name").to_owned();
+    assert_eq!(
+        target["fieldPaths"].as_sequence().map(Vec::len),
+        Some(1),
+        "one target field"
+    );
+    assert_eq!(
+        target["fieldPaths"][0].as_str(),
+        Some(format!("spec.template.spec.containers.[name={name}].args.3").as_str())
+    );
+    assert_eq!(target["options"]["delimiter"].as_str(), Some("="));
+    assert_eq!(target["options"]["index"].as_u64(), Some(1));
+    let replicas = sts["spec"]["replicas"].as_u64().expect("replicas");
+    let arg = &mut sts["spec"]["template"]["spec"]["containers"][0]["args"][3];
+    let flag = arg
+        .as_str()
+        .and_then(|a| a.split_once('='))
+        .map(|(f, _)| f.to_owned())
+        .expect("args[3] is --flag=value");
+    *arg = Value::from(format!("{flag}={replicas}"));
+}
+
+/// A kustomize on this machine: `kustomize build` or `kubectl kustomize`.
+fn kustomize() -> Option<Vec<String>> {
+    let works = |cmd: &[&str]| {
+        Command::new(cmd[0])
+            .args(&cmd[1..])
+            .arg("--help")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if works(&["kustomize", "build"]) {
+        Some(vec!["kustomize".into(), "build".into()])
+    } else if works(&["kubectl", "kustomize"]) {
+        Some(vec!["kubectl".into(), "kustomize".into()])
+    } else {
+        None
+    }
+}
+
+fn kustomize_build(tool: &[String], dir: &Path) -> String {
+    let out = Command::new(&tool[0])
+        .args(&tool[1..])
+        .arg(dir)
+        .output()
+        .expect("kustomize runs");
+    assert!(out.status.success(), "{}", describe(&out));
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+fn docs_of(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).expect("YAML document"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let path = entry.expect("entry").path();
+        let dest = to.join(path.file_name().expect("a name"));
+        if path.is_dir() {
+            copy_dir(&path, &dest);
+        } else {
+            std::fs::copy(&path, &dest).expect("copy");
+        }
+    }
+}
+
+/// `spec.replicas` is the one place the number of shards is set: the `shards` component copies
+/// it into `--total-shards`, in the base and in an overlay that scales it as the README says.
+/// The rendered base passes the strict schema validation. Without a kustomize (`kustomize` or
+/// `kubectl kustomize`; Debian's is too old for components and replacements) the replacement is
+/// applied here by hand and only that is checked: the test says so on stderr.
+#[test]
+fn replicas_set_total_shards_through_kustomize() {
+    let mut sts = statefulset();
+    let mut bumped = sts.clone();
+    bumped["spec"]["replicas"] = Value::from(7);
+    apply_shards_replacement(&mut bumped);
+    assert_eq!(flag_value(&bumped, "--total-shards"), "7");
+    apply_shards_replacement(&mut sts);
+    assert_eq!(sts, statefulset(), "the shipped args already agree");
+
+    let Some(tool) = kustomize() else {
+        eprintln!(
+            "NOTE: no `kustomize` or `kubectl kustomize` on PATH: the shards replacement was \
+             checked statically only"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let base = dir.path().join("base");
+    copy_dir(&k8s_dir(), &base);
+    let built = kustomize_build(&tool, &base);
+    let rendered = dir.path().join("rendered.yaml");
+    std::fs::write(&rendered, &built).expect("write");
+    let out = run_validator(&[&rendered]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let docs = docs_of(&built);
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    for kind in ["StatefulSet", "PrometheusRule", "ServiceMonitor"] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{} passed, 0 failed", docs.len()))
+    );
+    assert!(docs.iter().any(|d| d["kind"] == "ConfigMap"
+        && d["metadata"]["labels"]["grafana_dashboard"].as_str() == Some("1")));
+
+    // An overlay scaling to 5 as deploy/kubernetes/README.md shows.
+    let overlay = dir.path().join("overlay");
+    std::fs::create_dir_all(overlay.join("scale")).expect("mkdir");
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        "resources: [../base]\ncomponents: [scale, ../base/shards]\n",
+    )
+    .expect("write");
+    std::fs::write(
+        overlay.join("scale/kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\n\
+         replicas:\n  - {name: timattr-exporter, count: 5}\n",
+    )
+    .expect("write");
+    let scaled = docs_of(&kustomize_build(&tool, &overlay));
+    let sts = scaled
+        .iter()
+        .find(|d| d["kind"] == "StatefulSet")
+        .expect("the StatefulSet");
+    assert_eq!(sts["spec"]["replicas"].as_u64(), Some(5));
+    assert_eq!(flag_value(sts, "--total-shards"), "5");
+}
+
+/// The generated PrometheusRule holds exactly the groups of alerts.yml and rules.yml, and the
+/// dashboard ConfigMap exactly dashboards/timattr.json (its runbook links on the default base).
+/// (tests/observability.rs checks the files byte for byte against a fresh render.)
+#[test]
+fn generated_prometheusrule_and_dashboard_hold_the_shipped_files() {
+    let groups = |rel: &str| -> Vec<Value> {
+        let doc: Value = serde_yaml::from_str(&read(&repo().join(rel))).expect("YAML");
+        doc["groups"].as_sequence().expect("groups").clone()
+    };
+    let mut want = groups("config/prometheus/alerts.yml");
+    want.extend(groups("config/prometheus/rules.yml"));
+    let rule = object("PrometheusRule", "timattr-exporter");
+    assert_eq!(
+        rule["spec"]["groups"].as_sequence().expect("spec.groups"),
+        &want
+    );
+
+    let cm = object("ConfigMap", "timattr-exporter-dashboard");
+    assert_eq!(
+        cm["metadata"]["labels"]["grafana_dashboard"].as_str(),
+        Some("1")
+    );
+    let embedded: serde_json::Value =
+        serde_json::from_str(str_at(&cm["data"]["timattr.json"], "the dashboard"))
+            .expect("the embedded dashboard is JSON");
+    let shipped = read(&repo().join("dashboards/timattr.json")).replace(
+        "https://github.com/timattr/timattr_exporter/blob/main/docs/runbook.md",
+        "docs/runbook.md",
+    );
+    let shipped: serde_json::Value = serde_json::from_str(&shipped).expect("dashboard JSON");
+    assert!(
+        embedded == shipped,
+        "the ConfigMap's dashboard differs from dashboards/timattr.json: run scripts/render-rules.py"
+    );
 }
 
 /// Dockerfile instructions, continuation lines joined, comments dropped.
@@ -907,4 +1126,239 @@ fn every_way_of_scraping_sets_the_job_the_alerts_select() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------- examples/ (systemd, TLS)
+
+/// `key=value` settings of one `[section]` of a systemd unit, continuation lines joined.
+fn unit_section(text: &str, section: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut pending = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if pending.is_empty() && (line.starts_with('#') || line.starts_with(';') || line.is_empty())
+        {
+            continue;
+        }
+        if pending.is_empty() && line.starts_with('[') {
+            current = line.trim_matches(|c| c == '[' || c == ']').to_owned();
+            continue;
+        }
+        let (joined, more) = match line.strip_suffix('\\') {
+            Some(head) => (format!("{pending}{} ", head.trim_end()), true),
+            None => (format!("{pending}{line}"), false),
+        };
+        if more {
+            pending = joined;
+            continue;
+        }
+        pending.clear();
+        if current == section {
+            let (k, v) = joined.split_once('=').expect("key=value");
+            out.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    out
+}
+
+fn unit_values(settings: &[(String, String)], key: &str) -> Vec<String> {
+    settings
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// The systemd unit is hardened (a dynamic user, a read-only system but for its state
+/// directory, secrets as credentials) and its paths agree with each other and the exporter's
+/// flags; `systemd-analyze verify` (when present) finds nothing to say about it.
+#[test]
+fn systemd_unit_is_hardened_and_consistent() {
+    let path = repo().join("examples/timattr_exporter.service");
+    let text = read(&path);
+    let service = unit_section(&text, "Service");
+    let one = |key: &str| -> String {
+        let v = unit_values(&service, key);
+        assert_eq!(v.len(), 1, "one {key}= in [Service]: {v:?}");
+        v[0].clone()
+    };
+    assert!(
+        one("DynamicUser") == "yes" || !unit_values(&service, "User").is_empty(),
+        "a dynamic or dedicated user"
+    );
+    for (key, want) in [
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("StateDirectory", "timattr_exporter"),
+        ("Restart", "on-failure"),
+    ] {
+        assert_eq!(one(key), want, "{key}");
+    }
+    // The config's state_file lives in the state directory.
+    assert!(text.contains("state_file: /var/lib/timattr_exporter/state.json"));
+    // The secret key comes in as a credential, at the path the config names.
+    let creds: Vec<(String, String)> = unit_values(&service, "LoadCredential")
+        .iter()
+        .map(|c| {
+            let (name, src) = c.split_once(':').expect("name:path");
+            (name.to_owned(), src.to_owned())
+        })
+        .collect();
+    let unit_name = path.file_name().expect("a name").to_string_lossy();
+    let secret = creds
+        .iter()
+        .find(|(name, _)| name.contains("secret_key"))
+        .expect("LoadCredential= for the secret key");
+    assert!(text.contains(&format!(
+        "secret_key_file: /run/credentials/{unit_name}/{}",
+        secret.0
+    )));
+    // ExecStart runs the binary with SPEC flags only; the web config is a credential too.
+    let exec = one("ExecStart");
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some(ENTRYPOINT));
+    let flags: Vec<&str> = words.collect();
+    for flag in &flags {
+        let name = flag.split('=').next().expect("a flag");
+        assert!(SPEC_FLAGS.contains(&name), "{flag} is not a SPEC flag");
+    }
+    let web = flags
+        .iter()
+        .find_map(|f| f.strip_prefix("--web.config.file=%d/"))
+        .expect("--web.config.file from the credentials directory");
+    assert!(creds.iter().any(|(name, _)| name == web), "{web} is loaded");
+    // Whatever the web config names relative to itself is loaded beside it.
+    let web_config: Value =
+        serde_yaml::from_str(&read(&repo().join("examples/web-config.yml"))).expect("YAML");
+    for key in ["cert_file", "key_file"] {
+        let file = str_at(&web_config["tls_server_config"][key], key);
+        assert!(
+            creds.iter().any(|(name, _)| name == file),
+            "{file} is loaded"
+        );
+    }
+
+    // systemd's own check, with the binary this build made at the ExecStart path.
+    match Command::new("systemd-analyze").arg("--version").output() {
+        Ok(o) if o.status.success() => {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let copy = dir.path().join(&*unit_name);
+            std::fs::write(
+                &copy,
+                text.replace(ENTRYPOINT, env!("CARGO_BIN_EXE_timattr_exporter")),
+            )
+            .expect("write");
+            let out = Command::new("systemd-analyze")
+                .arg("verify")
+                .arg(&copy)
+                .output()
+                .expect("systemd-analyze runs");
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // It reports unknown keys and bad values as warnings, still exiting 0.
+            let about_unit: Vec<&str> = said.lines().filter(|l| l.contains(&*unit_name)).collect();
+            assert!(
+                out.status.success() && about_unit.is_empty(),
+                "systemd-analyze verify:\n{said}"
+            );
+        }
+        _ => eprintln!("NOTE: no systemd-analyze: the unit was checked statically only"),
+    }
+}
+
+fn write_tls_pair(dir: &Path) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    std::fs::write(dir.join("tls.crt"), cert.pem()).expect("write");
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("write");
+}
+
+/// The web-config example loads (TLS and basic auth) with the library's web_config module and
+/// through `--config.check`, and its hash is of the password it documents; a broken copy fails.
+#[test]
+fn web_config_example_loads() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let text = read(&repo().join("examples/web-config.yml"));
+    assert!(text.contains(r#"htpasswd -nBC 10 "" | tr -d ':\n'"#));
+    let web = dir.path().join("web.yml");
+    std::fs::write(&web, &text).expect("write");
+    write_tls_pair(dir.path());
+
+    let loaded = timattr_exporter::web_config::load(&web)
+        .unwrap_or_else(|e| panic!("examples/web-config.yml: {e}"));
+    assert!(loaded.tls().is_some(), "TLS is on");
+    assert!(loaded.requires_basic_auth(), "basic auth is on");
+    let doc: Value = serde_yaml::from_str(&text).expect("YAML");
+    let hash = str_at(&doc["basic_auth_users"]["prometheus"], "the hash");
+    assert!(
+        hash.starts_with("$2") && hash.contains("$10$"),
+        "bcrypt, cost 10"
+    );
+    assert!(bcrypt::verify("change-me", hash).expect("a bcrypt hash"));
+
+    // The binary checks it with the config.
+    let key = dir.path().join("secret_key");
+    std::fs::write(&key, "placeholder\n").expect("write");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let config = dir.path().join("timattr.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "apps:\n  - sdkappid: 1400000000\n    region: singapore\n    identifier: administrator\n    \
+             secret_key_file: {}\n    groups: [\"@TGS#a\"]\n",
+            key.display()
+        ),
+    )
+    .expect("write");
+    let check = |web: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_timattr_exporter"))
+            .arg("--config.check")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--web.config.file={}", web.display()))
+            .output()
+            .expect("the binary runs")
+    };
+    let out = check(&web);
+    assert!(out.status.success(), "{}", describe(&out));
+
+    let broken = dir.path().join("broken.yml");
+    std::fs::write(
+        &broken,
+        text.replace("key_file: tls.key", "key_file: missing.key"),
+    )
+    .expect("write");
+    let out = check(&broken);
+    assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
+}
+
+/// The scrape example is a valid Prometheus config under the job the alerts select, speaking
+/// TLS and basic auth as the web-config example wants.
+#[test]
+fn scrape_config_example_is_valid_and_uses_the_alerted_job() {
+    let path = repo().join("examples/prometheus-scrape.yml");
+    let doc: Value = serde_yaml::from_str(&read(&path)).expect("YAML");
+    let jobs = doc["scrape_configs"].as_sequence().expect("scrape_configs");
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["job_name"].as_str(), Some(alerted_job().as_str()));
+    assert_eq!(jobs[0]["scheme"].as_str(), Some("https"));
+    assert_eq!(
+        jobs[0]["basic_auth"]["username"].as_str(),
+        Some("prometheus")
+    );
+    let out = Command::new(std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into()))
+        .args(["check", "config"])
+        .arg(&path)
+        .output()
+        .expect("promtool runs (scripts/install-test-deps.sh)");
+    assert!(out.status.success(), "{}", describe(&out));
 }

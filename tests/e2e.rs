@@ -18,6 +18,10 @@
 //! - The Alertmanager config is a copy of config/alertmanager.yml where every receiver's webhook
 //!   URL points at this test's webhook (`/<receiver name>`) and every `group_wait` and
 //!   `group_interval` is 1 s. Routes, `group_by` and `inhibit_rules` are the shipped ones.
+//! - `timattr_group_labels` (SPEC: the config's `labels`, which the exporter is still gaining)
+//!   comes from a stub target this test serves, scraped with `honor_labels` so that its series
+//!   carry the exporter's `job` and `instance`: it labels one group `page_on_change="true"`, so
+//!   that group's attribute change pages and the other changing group's is an `info` notice.
 //! - Dashboard queries get Grafana's variables substituted: `$sdkappid` and `$group_id` with
 //!   their "All" value `.*`, `$__rate_interval` with `1m` (what Grafana would pick is at least
 //!   4 scrape intervals; one minute holds both the baseline and the changed samples).
@@ -63,6 +67,8 @@ const GONE: &str = "@TGS#e2e_gone";
 /// type makes exactly this group answer 10007.
 const DENIED: &str = "@TGS#e2e_denied";
 const CHANGING: &str = "@TGS#e2e_changing";
+/// Labelled `page_on_change="true"`: its attribute changes page.
+const WATCHED: &str = "@TGS#e2e_watched";
 // App B.
 const B_1: &str = "@TGS#e2e_b_1";
 const B_2: &str = "@TGS#e2e_b_2";
@@ -110,6 +116,7 @@ async fn alerts_reach_the_webhook_and_every_panel_has_data() {
             GroupType::Public,
             &[("status", "open"), ("pin", "1")],
         ),
+        (APP_A, WATCHED, GroupType::Public, &[("mode", "quiz")]),
         (APP_B, B_1, GroupType::Public, &[("x", "1")]),
         (APP_B, B_2, GroupType::Public, &[("y", "2")]),
     ] {
@@ -145,7 +152,7 @@ async fn alerts_reach_the_webhook_and_every_panel_has_data() {
             app_yaml(
                 APP_A,
                 "key_a",
-                &[HEALTHY_1, HEALTHY_2, GONE, DENIED, CHANGING]
+                &[HEALTHY_1, HEALTHY_2, GONE, DENIED, CHANGING, WATCHED]
             ),
             app_yaml(APP_B, "key_b", &[B_1, B_2]),
         ),
@@ -160,6 +167,13 @@ async fn alerts_reach_the_webhook_and_every_panel_has_data() {
     let exporter_addr = stack
         .wait_for_field(exporter, "timattr_exporter starting", "listen_address=")
         .await;
+    // The group labels the exporter would expose for `labels: {page_on_change: "true"}` on
+    // WATCHED and `labels: {team: rooms}` on CHANGING.
+    webhook.set_metrics(format!(
+        "# TYPE timattr_group_labels gauge\n\
+         timattr_group_labels{{job=\"timattr\",instance=\"{exporter_addr}\",sdkappid=\"{APP_A}\",group_id=\"{WATCHED}\",label_page_on_change=\"true\"}} 1\n\
+         timattr_group_labels{{job=\"timattr\",instance=\"{exporter_addr}\",sdkappid=\"{APP_A}\",group_id=\"{CHANGING}\",label_team=\"rooms\"}} 1\n"
+    ));
 
     // ------------------------------------------------------------ Alertmanager
     let am_cfg = dir.join("alertmanager.yml");
@@ -198,7 +212,11 @@ async fn alerts_reach_the_webhook_and_every_panel_has_data() {
         ],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [am_addr]}]}]},
         // The job name the shipped alerts and dashboard expect for a single exporter.
-        "scrape_configs": [{"job_name": "timattr", "static_configs": [{"targets": [exporter_addr]}]}],
+        "scrape_configs": [
+            {"job_name": "timattr", "static_configs": [{"targets": [exporter_addr]}]},
+            {"job_name": "timattr_labels_stub", "honor_labels": true,
+             "static_configs": [{"targets": [webhook.base().trim_start_matches("http://")]}]},
+        ],
     });
     // JSON is YAML.
     std::fs::write(&prom_cfg, prom_yaml.to_string()).expect("write Prometheus config");
@@ -234,15 +252,18 @@ async fn alerts_reach_the_webhook_and_every_panel_has_data() {
     // ------------------------------------------------------------ baseline: all healthy
     // Wait until Prometheus holds every group healthy and the changing group's change
     // counters at 0, so that the coming change is an increase it can see.
-    let all_groups = [HEALTHY_1, HEALTHY_2, GONE, DENIED, CHANGING, B_1, B_2];
+    let all_groups = [
+        HEALTHY_1, HEALTHY_2, GONE, DENIED, CHANGING, WATCHED, B_1, B_2,
+    ];
     let baseline = eventually(STAGE, || async {
         let up = prom.query("timattr_group_up == 1").await;
         let changes = prom
             .query(&format!(
-                "timattr_group_attribute_changes_total{{group_id=\"{CHANGING}\"}} == 0"
+                "timattr_group_attribute_changes_total{{group_id=~\"{CHANGING}|{WATCHED}\"}} == 0"
             ))
             .await;
-        (up.len() == all_groups.len() && changes.len() == 3).then_some(())
+        let labels = prom.query("timattr_group_labels").await;
+        (up.len() == all_groups.len() && changes.len() == 6 && labels.len() == 2).then_some(())
     })
     .await;
     if baseline.is_none() {
@@ -272,6 +293,8 @@ async fn alerts_reach_the_webhook_and_every_panel_has_data() {
     // One key modified, one removed, one added.
     fake.set_attrs(APP_A, CHANGING, &[("status", "closed"), ("topic", "x")])
         .expect("change attributes");
+    fake.set_attrs(APP_A, WATCHED, &[("mode", "vote")])
+        .expect("change attributes");
     fake.set_secret_key(APP_B, SecretKey::new(KEY_B_ROTATED));
 
     let a = APP_A.to_string();
@@ -279,24 +302,10 @@ async fn alerts_reach_the_webhook_and_every_panel_has_data() {
     let expected: BTreeSet<AlertKey> = [
         key("TimattrGroupDeleted", &a, Some(GONE), None),
         key("TimattrGroupPermissionDenied", &a, Some(DENIED), None),
-        key(
-            "TimattrAttributesChanged",
-            &a,
-            Some(CHANGING),
-            Some("added"),
-        ),
-        key(
-            "TimattrAttributesChanged",
-            &a,
-            Some(CHANGING),
-            Some("removed"),
-        ),
-        key(
-            "TimattrAttributesChanged",
-            &a,
-            Some(CHANGING),
-            Some("modified"),
-        ),
+        // One alert per group (not per kind of change): a notice for the unlabelled group, a
+        // page for the watched one.
+        key("TimattrAttributesChanged", &a, Some(CHANGING), None),
+        key("TimattrWatchedAttributesChanged", &a, Some(WATCHED), None),
         key("TimattrCredentialsFailing", &b, None, Some("70009")),
     ]
     .into_iter()
@@ -326,7 +335,7 @@ async fn alerts_reach_the_webhook_and_every_panel_has_data() {
     for alert in webhook.alerts() {
         let l = &alert.labels;
         let (severity, receiver) = match l["alertname"].as_str() {
-            "TimattrAttributesChanged" => ("warning", "chat"),
+            "TimattrAttributesChanged" => ("info", "low-noise"),
             _ => ("critical", "pager"),
         };
         assert_eq!(
@@ -341,10 +350,8 @@ async fn alerts_reach_the_webhook_and_every_panel_has_data() {
             Some("timattr"),
             "{alert:?}"
         );
-        let runbook = format!(
-            "https://github.com/timattr/timattr_exporter/blob/main/docs/runbook.md#{}",
-            l["alertname"].to_lowercase()
-        );
+        // As rendered by scripts/render-rules.py with its default base.
+        let runbook = format!("docs/runbook.md#{}", l["alertname"].to_lowercase());
         assert_eq!(alert.runbook_url, runbook, "{alert:?}");
         // Per-app alerts aggregate the instance away; per-group ones keep it.
         if l.contains_key("group_id") {
@@ -363,11 +370,11 @@ async fn alerts_reach_the_webhook_and_every_panel_has_data() {
         "dashboard queries found: {}",
         exprs.len()
     );
-    // The headline stats must also be right: 7 groups, of which the two of app B (70009),
+    // The headline stats must also be right: 8 groups, of which the two of app B (70009),
     // the deleted one and the unreadable one fail.
     let headline = [
-        ("Groups watched", 7.0),
-        ("Healthy groups", 3.0),
+        ("Groups watched", 8.0),
+        ("Healthy groups", 4.0),
         ("Failing groups", 4.0),
     ];
     let mut empty = Vec::new();
@@ -471,6 +478,157 @@ async fn alerts_reach_the_webhook_and_every_panel_has_data() {
     server.shutdown().await;
 }
 
+/// A bulk deletion of 500 groups of one app is ONE notification that lists them all, on the
+/// shipped Alertmanager config (routes and `group_by` as shipped, `group_wait` shortened): the
+/// per-group critical alerts are grouped per app. Another app's deletions, and the same app's
+/// watched-group changes, are notifications of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_deletion_is_one_notification_per_app() {
+    install_crypto();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let alertmanager_bin = tool(&["alertmanager", "prometheus-alertmanager"]);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTP client");
+    let webhook = Webhook::start().await;
+    let mut stack = Stack::new();
+    let dir = stack.dir.path().to_owned();
+    let am_cfg = dir.join("alertmanager.yml");
+    std::fs::write(
+        &am_cfg,
+        test_alertmanager_config(&repo.join("config/alertmanager.yml"), &webhook.base()),
+    )
+    .expect("write Alertmanager config");
+    std::fs::create_dir(dir.join("am-data")).expect("mkdir");
+    let alertmanager = stack.spawn(
+        "alertmanager",
+        Command::new(&alertmanager_bin)
+            .arg(format!("--config.file={}", am_cfg.display()))
+            .arg(format!("--storage.path={}", dir.join("am-data").display()))
+            .arg("--web.listen-address=127.0.0.1:0")
+            .arg("--cluster.listen-address="),
+    );
+    let am = format!(
+        "http://{}",
+        stack
+            .wait_for_field(alertmanager, "msg=\"Listening on\"", "address=")
+            .await
+    );
+
+    // As Prometheus sends them: per-group alerts with their own annotations.
+    let alert = |name: &str, app: u64, group: &str| {
+        serde_json::json!({
+            "labels": {
+                "alertname": name, "severity": "critical", "job": "timattr",
+                "instance": "timattr-exporter-0:9877",
+                "sdkappid": app.to_string(), "group_id": group,
+            },
+            "annotations": {"summary": format!("Tencent Chat group {group} was deleted")},
+        })
+    };
+    let mut alerts: Vec<Json> = (0..500)
+        .map(|i| alert("TimattrGroupDeleted", APP_A, &format!("@TGS#bulk_{i:03}")))
+        .collect();
+    alerts.extend((0..3).map(|i| alert("TimattrGroupDeleted", APP_B, &format!("@TGS#b_{i}"))));
+    alerts.extend((0..2).map(|i| {
+        alert(
+            "TimattrWatchedAttributesChanged",
+            APP_A,
+            &format!("@TGS#w_{i}"),
+        )
+    }));
+    let posted = eventually(STAGE, || async {
+        let resp = http
+            .post(format!("{am}/api/v2/alerts"))
+            .header("content-type", "application/json")
+            .body(Json::Array(alerts.clone()).to_string())
+            .send()
+            .await
+            .ok()?;
+        resp.status().is_success().then_some(())
+    })
+    .await;
+    assert!(posted.is_some(), "Alertmanager never accepted the alerts");
+
+    // Per (alertname, sdkappid): how many notifications, and the group_ids of the first.
+    let summary = || {
+        let mut out: BTreeMap<(String, String), (usize, BTreeSet<String>)> = BTreeMap::new();
+        for (path, n) in webhook.notifications() {
+            assert_eq!(path, "/pager", "critical alerts page: {n}");
+            let groups: BTreeSet<String> = n["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| {
+                    a["labels"]["group_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .collect();
+            let key = (
+                n["groupLabels"]["alertname"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                n["groupLabels"]["sdkappid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            let entry = out.entry(key).or_default();
+            entry.0 += 1;
+            if entry.1.is_empty() {
+                entry.1 = groups;
+            }
+        }
+        out
+    };
+    let arrived = eventually(STAGE, || async { (summary().len() == 3).then_some(()) }).await;
+    assert!(
+        arrived.is_some(),
+        "not every notification arrived: {:?}",
+        summary().keys().collect::<Vec<_>>()
+    );
+    // No more come: a group_interval (1 s here) passes several times with nothing new.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let got = summary();
+    let a = APP_A.to_string();
+    let b = APP_B.to_string();
+    let deleted = &got[&("TimattrGroupDeleted".to_owned(), a.clone())];
+    assert_eq!(deleted.0, 1, "500 deletions of one app: one notification");
+    assert_eq!(
+        deleted.1.len(),
+        500,
+        "the notification lists all 500 groups"
+    );
+    assert_eq!(got[&("TimattrGroupDeleted".to_owned(), b.clone())].0, 1);
+    assert_eq!(
+        got[&("TimattrGroupDeleted".to_owned(), b.clone())].1.len(),
+        3
+    );
+    let watched = &got[&("TimattrWatchedAttributesChanged".to_owned(), a.clone())];
+    assert_eq!((watched.0, watched.1.len()), (1, 2), "{got:?}");
+    // Each alert in it keeps its per-group annotation.
+    let first = webhook
+        .notifications()
+        .into_iter()
+        .find(|(_, n)| {
+            n["groupLabels"]["sdkappid"] == a.as_str()
+                && n["groupLabels"]["alertname"] == "TimattrGroupDeleted"
+        })
+        .expect("checked above");
+    for alert in first.1["alerts"].as_array().expect("alerts") {
+        let group = alert["labels"]["group_id"].as_str().expect("group_id");
+        assert_eq!(
+            alert["annotations"]["summary"],
+            format!("Tencent Chat group {group} was deleted")
+        );
+    }
+    drop(stack);
+}
+
 // ---------------------------------------------------------------- alerts as received
 
 /// What identifies an alert here: its name, app, group and the label that splits it further
@@ -520,6 +678,8 @@ impl Received {
 struct Webhook {
     addr: SocketAddr,
     received: Arc<Mutex<Vec<(String, Json)>>>,
+    /// What `GET /metrics` answers: a stub scrape target.
+    metrics: Arc<Mutex<String>>,
 }
 
 impl Webhook {
@@ -529,14 +689,25 @@ impl Webhook {
             .expect("bind the webhook");
         let addr = listener.local_addr().expect("local address");
         let received = Arc::new(Mutex::new(Vec::new()));
+        let metrics = Arc::new(Mutex::new(String::new()));
         let sink = Arc::clone(&received);
+        let exposed = Arc::clone(&metrics);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let sink = Arc::clone(&sink);
+                let exposed = Arc::clone(&exposed);
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let sink = Arc::clone(&sink);
+                    let exposed = Arc::clone(&exposed);
                     async move {
                         let path = req.uri().path().to_owned();
+                        if req.method() == hyper::Method::GET && path == "/metrics" {
+                            let text = exposed.lock().expect("metrics lock").clone();
+                            return Ok(hyper::Response::builder()
+                                .header("content-type", "text/plain; version=0.0.4")
+                                .body(Full::new(Bytes::from(text)))
+                                .expect("a static response is valid"));
+                        }
                         let body = req.into_body().collect().await?.to_bytes();
                         let status = match serde_json::from_slice::<Json>(&body) {
                             Ok(json) => {
@@ -560,7 +731,20 @@ impl Webhook {
                 });
             }
         });
-        Webhook { addr, received }
+        Webhook {
+            addr,
+            received,
+            metrics,
+        }
+    }
+
+    fn set_metrics(&self, text: String) {
+        *self.metrics.lock().expect("metrics lock") = text;
+    }
+
+    /// The notifications received: (path, body).
+    fn notifications(&self) -> Vec<(String, Json)> {
+        self.received.lock().expect("webhook lock").clone()
     }
 
     fn base(&self) -> String {
