@@ -16,6 +16,9 @@ Reads (edit these, never the outputs):
   config/prometheus/rules.yml              recording rules (no links: used as they are)
   dashboards/timattr.json                  the Grafana dashboard
 Writes:
+  dashboards/timattr.json                  its runbook links set to the base (in place: the
+                                           file is both source and output, so Grafana's
+                                           provisioning in docker-compose.yml gets the base)
   config/prometheus/alerts.yml, config/prometheus/alerts_test.yml
   deploy/kubernetes/prometheusrule.yaml    alerts.yml + rules.yml as a Prometheus Operator
                                            PrometheusRule
@@ -33,6 +36,7 @@ it to compare the shipped files with a fresh render).
 
 import argparse
 import pathlib
+import re
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -54,8 +58,12 @@ def render_template(rel, base):
     return text.replace(PLACEHOLDER, base)
 
 
-# Where dashboards/timattr.json's runbook links point; rewritten to the base in the ConfigMap.
-DASHBOARD_RUNBOOK_BASE = "https://github.com/timattr/timattr_exporter/blob/main/docs/runbook.md"
+# A runbook link of the dashboard: `"url": "<any base>runbook.md` up to its #anchor or end.
+DASHBOARD_RUNBOOK_LINK = re.compile(r'("url": ")[^"#]*runbook\.md(?=[#"])')
+
+
+def dashboard_with_base(dashboard, base):
+    return DASHBOARD_RUNBOOK_LINK.sub(lambda m: m.group(1) + base, dashboard)
 
 LABELS = """    app.kubernetes.io/name: timattr-exporter
     app.kubernetes.io/instance: timattr-exporter
@@ -99,7 +107,7 @@ def prometheus_rule(alerts, rules):
 def dashboard_configmap(dashboard, base):
     if "\t" in dashboard:
         raise SystemExit("render-rules: dashboards/timattr.json holds a tab: not valid in YAML")
-    body = dashboard.replace(DASHBOARD_RUNBOOK_BASE, base)
+    body = dashboard_with_base(dashboard, base)
     return (
         generated_header("dashboards/timattr.json")
         + "# The Grafana dashboard for Grafana's sidecar (grafana chart, kube-prometheus-stack),\n"
@@ -129,6 +137,7 @@ def renders(base):
     rules = (REPO / "config/prometheus/rules.yml").read_text(encoding="utf-8")
     out.append(("deploy/kubernetes/prometheusrule.yaml", prometheus_rule(alerts, rules)))
     dashboard = (REPO / "dashboards/timattr.json").read_text(encoding="utf-8")
+    out.append(("dashboards/timattr.json", dashboard_with_base(dashboard, base)))
     out.append(
         ("deploy/kubernetes/dashboard-configmap.yaml", dashboard_configmap(dashboard, base))
     )

@@ -28,9 +28,8 @@ const HISTOGRAMS: &[&str] = &["timattr_api_request_duration_seconds"];
 /// the runbook's path in this repository.
 const RUNBOOK_URL: &str = "docs/runbook.md";
 
-/// Where the dashboard's links point (dashboards/timattr.json is maintained on its own).
-const DASHBOARD_RUNBOOK_URL: &str =
-    "https://github.com/timattr/timattr_exporter/blob/main/docs/runbook.md";
+/// Where the dashboard's links point: the same base, set by scripts/render-rules.py.
+const DASHBOARD_RUNBOOK_URL: &str = RUNBOOK_URL;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
