@@ -146,7 +146,7 @@ fn promtool_check(text: &str) {
 #[test]
 fn metrics_match_the_golden_file_and_pass_promtool() {
     let (metrics, store) = scenario();
-    let full = String::from_utf8(metrics.render(&store, ValueHashes::PerKey)).expect("UTF-8");
+    let full = String::from_utf8(metrics.render(&store, ValueHashes::PerKey, None)).expect("UTF-8");
     let text = without_process(&full);
 
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden/metrics.prom");
@@ -167,7 +167,7 @@ fn metrics_match_the_golden_file_and_pass_promtool() {
 #[test]
 fn every_family_is_in_the_table_and_the_scenario_shows_them_all() {
     let (metrics, store) = scenario();
-    let text = String::from_utf8(metrics.render(&store, ValueHashes::PerKey)).expect("UTF-8");
+    let text = String::from_utf8(metrics.render(&store, ValueHashes::PerKey, None)).expect("UTF-8");
     let mut seen = Vec::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
