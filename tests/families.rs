@@ -1,5 +1,5 @@
 //! The metric families a running exporter exposes, with every feature switched on (discovery,
-//! push, the state file, per-key hashes, a failing group), are exactly SPEC's list
+//! push, the state file, per-key hashes, a failing group, a group with labels), are exactly SPEC's list
 //! (`common::SPEC_FAMILIES`, copied from SPEC.md by hand), each with at least one sample; and
 //! scrapes never call the upstream.
 
@@ -47,10 +47,17 @@ async fn a_running_exporter_exposes_exactly_specs_families() {
         &["@TGS#ok", "@TGS#gone"],
         "state_file: state.json\n",
     );
-    let yaml = std::fs::read_to_string(cfg.path()).unwrap().replace(
-        "    groups:\n",
-        "    callback_token: t0ken-for-families\n    discover:\n      refresh_interval: 1m\n    groups:\n",
-    );
+    let yaml = std::fs::read_to_string(cfg.path())
+        .unwrap()
+        .replace(
+            "    groups:\n",
+            "    callback_token: t0ken-for-families\n    discover:\n      refresh_interval: 1m\n    groups:\n",
+        )
+        // A group with labels, for timattr_group_labels.
+        .replace(
+            "      - \"@TGS#ok\"\n",
+            "      - id: \"@TGS#ok\"\n        labels: {page_on_change: \"true\"}\n",
+        );
     std::fs::write(cfg.path(), yaml).unwrap();
     let exporter = Exporter::start(&cfg.path(), &["--callback.listen-address=127.0.0.1:0"]);
     let metrics = exporter.url("/metrics");
