@@ -291,6 +291,9 @@ pub fn parse(
         base_dir,
     };
     let config = walk.config(&doc);
+    if let Some(config) = &config {
+        walk.no_secret_in_labels(config);
+    }
     walk.redact_secrets();
     match config {
         Some(config) if walk.problems.is_empty() => Ok(Loaded {
@@ -432,6 +435,42 @@ impl Walk<'_> {
         }
         for w in &mut self.warnings {
             cut(w);
+        }
+    }
+
+    /// Refuses a label value that holds a secret read by this config: labels are exported in
+    /// `/metrics`, where secrets never appear. Checked once every secret has been read, so a
+    /// later app's key counts too.
+    fn no_secret_in_labels(&mut self, config: &Config) {
+        let secrets: Vec<String> = self
+            .secrets
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| s.len() >= 4)
+            .collect();
+        let secret = |v: &String| secrets.iter().any(|s| v.contains(s.as_str()));
+        for (i, app) in config.apps.iter().enumerate() {
+            let mut places = Vec::new();
+            if app.labels.values().any(secret) {
+                places.push(format!("apps[{i}].labels"));
+            }
+            for (j, g) in app.groups.iter().enumerate() {
+                // Only the group's own values: the app's were reported at the app.
+                let own = g
+                    .labels
+                    .iter()
+                    .filter(|(k, v)| app.labels.get(*k) != Some(*v));
+                if !Arc::ptr_eq(&g.labels, &app.labels) && own.map(|(_, v)| v).any(secret) {
+                    places.push(format!("apps[{i}].groups[{j}].labels"));
+                }
+            }
+            for place in places {
+                self.error(
+                    place,
+                    "a label value holds a secret key or callback token of this config: labels \
+                     are exported in /metrics",
+                );
+            }
         }
     }
 

@@ -1426,3 +1426,35 @@ fn a_group_may_ignore_keys_when_the_app_does_not() {
         .expect("own");
     assert!(ignore.is_match("x") && ignore.is_match("y") && !ignore.is_match("xy"));
 }
+
+#[test]
+fn a_label_value_holding_a_secret_is_refused_without_echoing_it() {
+    let yaml = one_app(
+        "",
+        &[
+            ("labels", Some(&format!("{{note: \"key is {KEY}\"}}"))),
+            (
+                "groups",
+                Some(&format!(
+                    "[{{id: \"@TGS#a\", labels: {{team: rooms, note2: \"{KEY}\"}}}}, \
+                     {{id: \"@TGS#b\", labels: {{team: rooms}}}}]"
+                )),
+            ),
+            ("ignore_keys", Some(&format!("[\"{KEY}\"]"))),
+        ],
+    );
+    let text = error_text(&yaml);
+    assert!(!text.contains(KEY), "{text}");
+    // The app's value is reported at the app only; the group that adds one, at the group.
+    assert_eq!(
+        errors(&yaml),
+        "apps[0].labels: a label value holds a secret key or callback token of this config: \
+         labels are exported in /metrics\n\
+         apps[0].groups[0].labels: a label value holds a secret key or callback token of this \
+         config: labels are exported in /metrics"
+    );
+    // A pattern is never exported, but a dump of the config never shows it either.
+    let ok = one_app("", &[("ignore_keys", Some(&format!("[\"{KEY}\"]")))]);
+    let loaded = parse(&ok).expect("valid");
+    assert!(!format!("{loaded:?}").contains(KEY));
+}
