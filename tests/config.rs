@@ -1221,6 +1221,12 @@ fn shipped_example_is_valid() {
             .any(|g| g.id == "@TGS#2J4SZEAEL" && g.poll_interval == Duration::from_secs(15))
     );
     assert_eq!(first.secret_key.expose(), KEY);
+    assert_eq!(first.labels.get("team").map(String::as_str), Some("rooms"));
+    let busy = &first.groups[3];
+    assert_eq!(busy.labels.len(), 2);
+    let ignore = busy.ignore_keys.as_deref().expect("merged ignore_keys");
+    assert!(ignore.is_match("score") && ignore.is_match("cursor_1"));
+    assert!(c.exclude_metrics.is_none(), "commented out");
     let second = &c.apps[1];
     assert_eq!(second.secret_key.expose(), KEY);
     assert!(second.groups.is_empty());
