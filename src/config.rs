@@ -438,7 +438,7 @@ impl Walk<'_> {
         }
     }
 
-    /// Refuses a label value that holds a secret read by this config: labels are exported in
+    /// Refuses a label (name or value) that holds a secret read by this config: labels are exported in
     /// `/metrics`, where secrets never appear. Checked once every secret has been read, so a
     /// later app's key counts too.
     fn no_secret_in_labels(&mut self, config: &Config) {
@@ -448,27 +448,31 @@ impl Walk<'_> {
             .map(|s| s.trim().to_owned())
             .filter(|s| s.len() >= 4)
             .collect();
-        let secret = |v: &String| secrets.iter().any(|s| v.contains(s.as_str()));
+        let secret = |(k, v): (&String, &String)| {
+            secrets
+                .iter()
+                .any(|s| k.contains(s.as_str()) || v.contains(s.as_str()))
+        };
         for (i, app) in config.apps.iter().enumerate() {
             let mut places = Vec::new();
-            if app.labels.values().any(secret) {
+            if app.labels.iter().any(secret) {
                 places.push(format!("apps[{i}].labels"));
             }
             for (j, g) in app.groups.iter().enumerate() {
-                // Only the group's own values: the app's were reported at the app.
-                let own = g
+                // Only the group's own labels: the app's were reported at the app.
+                let mut own = g
                     .labels
                     .iter()
                     .filter(|(k, v)| app.labels.get(*k) != Some(*v));
-                if !Arc::ptr_eq(&g.labels, &app.labels) && own.map(|(_, v)| v).any(secret) {
+                if !Arc::ptr_eq(&g.labels, &app.labels) && own.any(secret) {
                     places.push(format!("apps[{i}].groups[{j}].labels"));
                 }
             }
             for place in places {
                 self.error(
                     place,
-                    "a label value holds a secret key or callback token of this config: labels \
-                     are exported in /metrics",
+                    "a label holds a secret key or callback token of this config: labels are \
+                     exported in /metrics",
                 );
             }
         }
@@ -1604,6 +1608,13 @@ impl Config {
             ValueHashes::Off => "off",
         };
         out.push_str(&format!("value_hashes: {hashes}\n"));
+        // Counts, not the patterns or names: they are free text, and this is printed.
+        if let Some(p) = &self.exclude_metrics {
+            out.push_str(&format!(
+                "exclude_metrics: {} pattern(s)\n",
+                p.sources().len()
+            ));
+        }
         for app in &self.apps {
             out.push_str(&format!("app {}:\n", app.sdkappid));
             match app.region {
@@ -1631,6 +1642,21 @@ impl Config {
                 "  groups: {} ({own} polled at another interval than poll_interval)\n",
                 app.groups.len()
             ));
+            let own_settings = app
+                .groups
+                .iter()
+                .filter(|g| {
+                    !Arc::ptr_eq(&g.labels, &app.labels) || g.ignore_keys != app.ignore_keys
+                })
+                .count();
+            if !app.labels.is_empty() || app.ignore_keys.is_some() || own_settings > 0 {
+                out.push_str(&format!(
+                    "  labels: {}, ignore_keys: {} pattern(s); {own_settings} group(s) with \
+                     labels or ignore_keys of their own\n",
+                    app.labels.len(),
+                    app.ignore_keys.as_ref().map_or(0, |p| p.sources().len()),
+                ));
+            }
             match &app.discover {
                 None => out.push_str("  discover: off\n"),
                 Some(d) => {

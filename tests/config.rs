@@ -1104,12 +1104,14 @@ fn the_key_never_prints() {
 fn summary_shows_sources_not_secrets() {
     let yaml = "\
 poll_interval: 30s
+exclude_metrics: [\"timattr_api_.*\"]
 apps:
   - sdkappid: 1400000000
     region: singapore
     identifier: administrator
     secret_key_env: TIM_SECRET_KEY
     groups: [\"@TGS#a\", {id: \"@TGS#b\", poll_interval: 10s}]
+    labels: {team: rooms}
   - sdkappid: 1400000001
     endpoint: http://127.0.0.1:8080
     identifier: admin
@@ -1125,12 +1127,14 @@ apps:
 poll_interval: 30s
 state_file: none
 value_hashes: per_key
+exclude_metrics: 1 pattern(s)
 app 1400000000:
   region: singapore (https://adminapisgp.im.qcloud.com/)
   identifier: administrator
   secret_key: from environment variable TIM_SECRET_KEY
   usersig_ttl: 1d, rate_limit: 100/s, max_concurrency: 16, timeout: 5s
   groups: 2 (1 polled at another interval than poll_interval)
+  labels: 1, ignore_keys: 0 pattern(s); 0 group(s) with labels or ignore_keys of their own
   discover: off
 app 1400000001:
   endpoint: http://127.0.0.1:8080/
@@ -1454,10 +1458,24 @@ fn a_label_value_holding_a_secret_is_refused_without_echoing_it() {
     // The app's value is reported at the app only; the group that adds one, at the group.
     assert_eq!(
         errors(&yaml),
-        "apps[0].labels: a label value holds a secret key or callback token of this config: \
-         labels are exported in /metrics\n\
-         apps[0].groups[0].labels: a label value holds a secret key or callback token of this \
-         config: labels are exported in /metrics"
+        "apps[0].labels: a label holds a secret key or callback token of this config: labels \
+         are exported in /metrics\n\
+         apps[0].groups[0].labels: a label holds a secret key or callback token of this config: \
+         labels are exported in /metrics"
+    );
+    // A name that is a valid label name and a secret (a hex key starting with a letter).
+    let hex_key = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
+    let yaml = one_app(
+        "",
+        &[
+            ("secret_key", Some(hex_key)),
+            ("labels", Some(&format!("{{{hex_key}: x}}"))),
+        ],
+    );
+    assert_eq!(
+        errors(&yaml),
+        "apps[0].labels: a label holds a secret key or callback token of this config: labels \
+         are exported in /metrics"
     );
     // A pattern is never exported, but a dump of the config never shows it either.
     let ok = one_app("", &[("ignore_keys", Some(&format!("[\"{KEY}\"]")))]);
