@@ -316,3 +316,57 @@ async fn a_reload_that_changes_labels_keeps_the_change_counters() {
     assert!(!text.contains("timattr_group_labels"), "{text}");
     assert_eq!(changes(&text, "@TGS#a"), [Some(0.0), Some(0.0), Some(1.0)]);
 }
+
+#[tokio::test]
+async fn a_change_while_down_counts_only_the_keys_not_ignored() {
+    let server = fake_with_app().await;
+    group(
+        &server,
+        "@TGS#a",
+        &[("k", "v"), ("heartbeat", "1"), ("cursor_0", "y")],
+    );
+    let cfg = ConfigDir::new(server.base_url().as_ref(), &[], "");
+    let base = server.base_url().to_string();
+    write_config(
+        &cfg,
+        &base,
+        "state_file: state.json\n",
+        "    ignore_keys: [\"heartbeat\", \"cursor_.*\"]\n",
+        "      - \"@TGS#a\"\n",
+    );
+    let a = [("group_id", "@TGS#a")];
+    let mut exporter = Exporter::start(&cfg.path(), &[]);
+    let metrics = exporter.url("/metrics");
+    eventually(WAIT, || async {
+        let t = scrape(&metrics).await;
+        value(&t, "timattr_group_attributes", &a).map(|_| ())
+    })
+    .await
+    .unwrap_or_else(|| panic!("the first poll landed: {}", exporter.logs()));
+    exporter.signal("TERM");
+    assert_eq!(exporter.wait_exit(WAIT), Some(0), "{}", exporter.logs());
+
+    // While it is down: k modified (counted); heartbeat modified, cursor_0 removed and cursor_1
+    // added (ignored: the removal only shows if the state file's snapshot is flagged too).
+    server
+        .fake
+        .set_attrs(
+            APP,
+            "@TGS#a",
+            &[("k", "v2"), ("heartbeat", "2"), ("cursor_1", "x")],
+        )
+        .expect("attrs set");
+    let exporter = Exporter::start(&cfg.path(), &[]);
+    let metrics = exporter.url("/metrics");
+    let text = eventually(WAIT, || async {
+        let t = scrape(&metrics).await;
+        (value(&t, "timattr_group_attributes", &a) == Some(3.0)).then_some(t)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the restart polled: {}", exporter.logs()));
+    assert_eq!(
+        changes(&text, "@TGS#a"),
+        [Some(0.0), Some(0.0), Some(1.0)],
+        "the state file's snapshot is diffed without the ignored keys"
+    );
+}
