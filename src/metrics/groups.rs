@@ -546,6 +546,32 @@ mod tests {
     }
 
     #[test]
+    fn the_indexes_name_their_families() {
+        let at = |i: usize| Families::TABLE[i].0;
+        assert_eq!(at(UP_AT), GROUP_UP.0);
+        assert_eq!(at(ERROR_CODE_AT), GROUP_ERROR_CODE.0);
+        assert_eq!(at(ATTRIBUTES_AT), GROUP_ATTRIBUTES.0);
+        assert_eq!(at(BYTES_AT), GROUP_ATTRIBUTES_BYTES.0);
+        assert_eq!(at(SET_HASH_AT), GROUP_ATTRIBUTES_HASH.0);
+        assert_eq!(at(VALUE_HASH_AT), GROUP_ATTRIBUTE_VALUE_HASH.0);
+        assert_eq!(at(CHANGES_AT), GROUP_ATTRIBUTE_CHANGES.0);
+        assert_eq!(at(LAST_CHANGE_AT), GROUP_LAST_CHANGE.0);
+        assert_eq!(at(LAST_SUCCESS_AT), GROUP_LAST_SUCCESS.0);
+        assert_eq!(at(LABELS_AT), GROUP_LABELS.0);
+        assert_eq!(at(GROUPS_AT), GROUPS.0);
+        assert_eq!(at(BY_CODE_AT), GROUPS_BY_ERROR_CODE.0);
+        // And the buffers are in the same order: a family's samples under its own HELP.
+        let mut f = Families::default();
+        f.last_success.push('x');
+        f.labels.push('y');
+        let bufs = f.buffers();
+        assert_eq!(
+            (bufs[LAST_SUCCESS_AT].as_str(), bufs[LABELS_AT].as_str()),
+            ("x", "y")
+        );
+    }
+
+    #[test]
     fn labels_series_exist_from_assignment_merged_and_escaped() {
         let store = store_with(&["g", "h"]);
         let mut settings = with_labels(&[("team", "rooms")]);

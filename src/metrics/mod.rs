@@ -13,6 +13,11 @@
 //! healthy, so alerts and dashboards have a series to divide by; other codes appear while at
 //! least one group's latest poll ended with them.
 //!
+//! `timattr_group_labels` exists from a group's assignment, polled yet or not (as
+//! `timattr_groups` counts it: the labels are config, not a poll result), for every group whose
+//! labels are not empty; discovered groups carry their app's labels (SPEC: "for every group of
+//! the app").
+//!
 //! `exclude_metrics` drops whole families: each family is decided once per render (the
 //! registry's by their gathered name, the hand-written ones before the walk over the groups),
 //! never per sample, and an excluded hand-written family is not even built.
