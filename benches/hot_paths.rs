@@ -115,7 +115,7 @@ fn render(c: &mut Criterion) {
         g.bench_function(format!("store_{n}_groups_per_key"), |b| {
             b.iter_batched_ref(
                 || String::with_capacity(n * 2048),
-                |out| metrics.render_groups(&store, ValueHashes::PerKey, out),
+                |out| metrics.render_groups(&store, ValueHashes::PerKey, None, out),
                 BatchSize::LargeInput,
             )
         });

@@ -36,7 +36,7 @@ use crate::ratelimit::{ListSlots, RateLimiter, Slot};
 use crate::schedule::{Anchor, Scheduler, Urgent};
 use crate::shard::Shard;
 use crate::shutdown::Shutdown;
-use crate::store::{Seeds, Store};
+use crate::store::{AppSettings, GroupSettings, Seeds, Store};
 
 /// How long in-flight requests may take to finish at shutdown before they are abandoned.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -374,6 +374,9 @@ impl Owner {
             }
         }
         let old_discover = self.settings.discover.clone();
+        self.shared
+            .store
+            .set_settings(self.sdkappid, group_settings(&app, self.shared.shard));
         self.lists.configure(&app, default_interval);
         self.settings = without_groups(&app);
         match (&old_discover, &self.settings.discover) {
@@ -557,6 +560,38 @@ fn build_client(
     .with_list_slots(Arc::clone(list_slots))
     .with_stop(shared.stopping.clone());
     Ok(Arc::new(client))
+}
+
+/// What the store keeps of the app's labels and `ignore_keys`: the app's for every group, and
+/// a group's own only where they differ (the config shares the app's `Arc`s otherwise), for the
+/// configured groups in this shard.
+fn group_settings(app: &AppConfig, shard: Shard) -> AppSettings {
+    let own = |labels: &Arc<_>, ignore: &Option<Arc<_>>| {
+        let same_ignore = match (ignore, &app.ignore_keys) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        !Arc::ptr_eq(labels, &app.labels) || !same_ignore
+    };
+    AppSettings {
+        app: GroupSettings {
+            labels: Arc::clone(&app.labels),
+            ignore_keys: app.ignore_keys.clone(),
+        },
+        groups: app
+            .groups
+            .iter()
+            .filter(|g| own(&g.labels, &g.ignore_keys) && shard.owns(&g.id))
+            .map(|g| {
+                let settings = GroupSettings {
+                    labels: Arc::clone(&g.labels),
+                    ignore_keys: g.ignore_keys.clone(),
+                };
+                (g.id.as_str().into(), settings)
+            })
+            .collect(),
+    }
 }
 
 pub fn without_groups(app: &AppConfig) -> AppConfig {

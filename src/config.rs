@@ -11,10 +11,11 @@
 //! appears in a [`Problem`], a warning, `Debug` output or [`Config::summary`]: messages name the
 //! file or the variable, never the content.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_yaml::Value;
@@ -22,6 +23,7 @@ use url::{Host, Url};
 
 use crate::duration;
 use crate::metrics::ValueHashes;
+use crate::pattern::Patterns;
 use crate::region::Region;
 use crate::secret::SecretKey;
 
@@ -81,7 +83,13 @@ pub const GROUP_TYPES: [&str; 6] = [
 /// normalised to the names the API takes.
 const GROUP_TYPE_ALIASES: [(&str, &str); 2] = [("Work", "Private"), ("Meeting", "ChatRoom")];
 
-const TOP_KEYS: &[&str] = &["poll_interval", "state_file", "value_hashes", "apps"];
+const TOP_KEYS: &[&str] = &[
+    "poll_interval",
+    "state_file",
+    "value_hashes",
+    "exclude_metrics",
+    "apps",
+];
 const APP_KEYS: &[&str] = &[
     "sdkappid",
     "region",
@@ -98,10 +106,12 @@ const APP_KEYS: &[&str] = &[
     "rate_limit",
     "max_concurrency",
     "timeout",
+    "labels",
+    "ignore_keys",
     "groups",
     "discover",
 ];
-const GROUP_KEYS: &[&str] = &["id", "poll_interval"];
+const GROUP_KEYS: &[&str] = &["id", "poll_interval", "labels", "ignore_keys"];
 const DISCOVER_KEYS: &[&str] = &["group_types", "refresh_interval"];
 
 /// The whole config, validated.
@@ -113,6 +123,9 @@ pub struct Config {
     /// the config file's directory.
     pub state_file: Option<PathBuf>,
     pub value_hashes: ValueHashes,
+    /// Metric families not exported (`exclude_metrics`); `None` when the list is absent or
+    /// empty.
+    pub exclude_metrics: Option<Arc<Patterns>>,
     /// At least one; `sdkappid`s are unique.
     pub apps: Vec<AppConfig>,
 }
@@ -143,6 +156,11 @@ pub struct AppConfig {
     pub timeout: Duration,
     /// Whether `endpoint` may be plain http to a non-loopback host.
     pub allow_insecure_http: bool,
+    /// The app's `labels`, on `timattr_group_labels` of every group of the app (discovered ones
+    /// too); names are valid Prometheus label names.
+    pub labels: Labels,
+    /// The app's `ignore_keys`; `None` when absent or empty.
+    pub ignore_keys: Option<Arc<Patterns>>,
     /// Configured groups, in config order, IDs unique within the app.
     pub groups: Vec<GroupConfig>,
     pub discover: Option<DiscoverConfig>,
@@ -169,12 +187,22 @@ impl fmt::Display for SecretSource {
     }
 }
 
+/// `labels`: label name (without the `label_` prefix) to value, sorted by name. Shared: a group
+/// that adds no labels of its own holds the app's map, not a copy.
+pub type Labels = Arc<BTreeMap<String, String>>;
+
 /// A configured group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupConfig {
     pub id: String,
     /// Its own `poll_interval`, or the global one.
     pub poll_interval: Duration,
+    /// The app's labels with the group's own merged over them (the group's value wins). The
+    /// same `Arc` as the app's when the group has none.
+    pub labels: Labels,
+    /// The app's `ignore_keys` followed by the group's own, compiled together; the same `Arc` as
+    /// the app's when the group adds none, so 100,000 groups cost one compiled set.
+    pub ignore_keys: Option<Arc<Patterns>>,
 }
 
 /// Poll every group of the app (`get_appid_group_list`).
@@ -263,6 +291,9 @@ pub fn parse(
         base_dir,
     };
     let config = walk.config(&doc);
+    if let Some(config) = &config {
+        walk.no_secret_in_labels(config);
+    }
     walk.redact_secrets();
     match config {
         Some(config) if walk.problems.is_empty() => Ok(Loaded {
@@ -404,6 +435,46 @@ impl Walk<'_> {
         }
         for w in &mut self.warnings {
             cut(w);
+        }
+    }
+
+    /// Refuses a label (name or value) that holds a secret read by this config: labels are exported in
+    /// `/metrics`, where secrets never appear. Checked once every secret has been read, so a
+    /// later app's key counts too.
+    fn no_secret_in_labels(&mut self, config: &Config) {
+        let secrets: Vec<String> = self
+            .secrets
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| s.len() >= 4)
+            .collect();
+        let secret = |(k, v): (&String, &String)| {
+            secrets
+                .iter()
+                .any(|s| k.contains(s.as_str()) || v.contains(s.as_str()))
+        };
+        for (i, app) in config.apps.iter().enumerate() {
+            let mut places = Vec::new();
+            if app.labels.iter().any(secret) {
+                places.push(format!("apps[{i}].labels"));
+            }
+            for (j, g) in app.groups.iter().enumerate() {
+                // Only the group's own labels: the app's were reported at the app.
+                let mut own = g
+                    .labels
+                    .iter()
+                    .filter(|(k, v)| app.labels.get(*k) != Some(*v));
+                if !Arc::ptr_eq(&g.labels, &app.labels) && own.any(secret) {
+                    places.push(format!("apps[{i}].groups[{j}].labels"));
+                }
+            }
+            for place in places {
+                self.error(
+                    place,
+                    "a label holds a secret key or callback token of this config: labels are \
+                     exported in /metrics",
+                );
+            }
         }
     }
 
@@ -556,6 +627,9 @@ impl Walk<'_> {
             None => Some(ValueHashes::default()),
             Some(v) => self.value_hashes(v),
         };
+        let exclude_metrics = self
+            .patterns(&top, "exclude_metrics", "metric family names")
+            .map(|sources| self.compile(&top.path_of("exclude_metrics"), &[], &sources));
         // A bad global interval has been reported; resolve groups against the default so their
         // own mistakes are still found.
         let global = poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL);
@@ -564,6 +638,7 @@ impl Walk<'_> {
             poll_interval: poll_interval?,
             state_file: state_file?,
             value_hashes: value_hashes?,
+            exclude_metrics: exclude_metrics??,
             apps: apps?,
         })
     }
@@ -752,7 +827,16 @@ impl Walk<'_> {
             }
         };
 
-        let groups = self.groups(&f, global);
+        let labels = self.labels(&f).map(Arc::new);
+        let ignore_sources = self.patterns(&f, "ignore_keys", "attribute keys");
+        let ignore_keys = ignore_sources
+            .as_ref()
+            .and_then(|sources| self.compile(&f.path_of("ignore_keys"), &[], sources));
+        // The group entries merge over the app's: against nothing when the app's own are wrong
+        // (already reported), so each mistake is reported once, at its place.
+        let app_labels = labels.clone().unwrap_or_default();
+        let app_ignore = ignore_keys.clone().flatten();
+        let groups = self.groups(&f, global, &app_labels, app_ignore.as_ref());
         let discover = match f.get("discover") {
             None => Some(None),
             Some(v) => self.discover(&f.path_of("discover"), v).map(Some),
@@ -783,6 +867,8 @@ impl Walk<'_> {
             max_concurrency: max_concurrency?,
             timeout: timeout?,
             allow_insecure_http: allow_insecure_http?,
+            labels: labels?,
+            ignore_keys: ignore_keys?,
             groups: groups?,
             discover: discover?,
         })
@@ -1002,7 +1088,13 @@ impl Walk<'_> {
     }
 
     /// The `groups` list; absent or empty gives an empty list (the caller checks `discover`).
-    fn groups(&mut self, f: &Fields<'_>, global: Duration) -> Option<Vec<GroupConfig>> {
+    fn groups(
+        &mut self,
+        f: &Fields<'_>,
+        global: Duration,
+        app_labels: &Labels,
+        app_ignore: Option<&Arc<Patterns>>,
+    ) -> Option<Vec<GroupConfig>> {
         let items = match f.get("groups") {
             None | Some(Value::Null) => return Some(Vec::new()),
             Some(Value::Sequence(items)) => items,
@@ -1023,8 +1115,10 @@ impl Walk<'_> {
                 Value::String(id) => self.group_id(&p, id).map(|id| GroupConfig {
                     id,
                     poll_interval: global,
+                    labels: Arc::clone(app_labels),
+                    ignore_keys: app_ignore.cloned(),
                 }),
-                Value::Mapping(_) => self.group_entry(&p, item, global),
+                Value::Mapping(_) => self.group_entry(&p, item, global, app_labels, app_ignore),
                 Value::Number(_) => {
                     self.error(
                         &p,
@@ -1069,7 +1163,14 @@ impl Walk<'_> {
         all_ok.then_some(groups)
     }
 
-    fn group_entry(&mut self, path: &str, v: &Value, global: Duration) -> Option<GroupConfig> {
+    fn group_entry(
+        &mut self,
+        path: &str,
+        v: &Value,
+        global: Duration,
+        app_labels: &Labels,
+        app_ignore: Option<&Arc<Patterns>>,
+    ) -> Option<GroupConfig> {
         let f = self.fields(path, v, GROUP_KEYS)?;
         let id = match f.get("id") {
             None => {
@@ -1093,10 +1194,157 @@ impl Walk<'_> {
             }
         };
         let poll_interval = self.duration_at_least(&f, "poll_interval", global, MIN_POLL_INTERVAL);
+        let labels = self.labels(&f).map(|own| {
+            if own.is_empty() {
+                Arc::clone(app_labels)
+            } else {
+                let mut merged = (**app_labels).clone();
+                merged.extend(own);
+                Arc::new(merged)
+            }
+        });
+        let ignore_keys =
+            self.patterns(&f, "ignore_keys", "attribute keys")
+                .and_then(|own| match (own.is_empty(), app_ignore) {
+                    (true, inherited) => Some(inherited.cloned()),
+                    (false, inherited) => {
+                        let first = inherited.map(|p| p.sources()).unwrap_or_default();
+                        self.compile(&f.path_of("ignore_keys"), first, &own)
+                    }
+                });
         Some(GroupConfig {
             id: id?,
             poll_interval: poll_interval?,
+            labels: labels?,
+            ignore_keys: ignore_keys?,
         })
+    }
+
+    /// `labels` of an app or a group: names checked as Prometheus label names, values strings.
+    /// Absent gives an empty map; `None` after reporting a problem.
+    fn labels(&mut self, f: &Fields<'_>) -> Option<BTreeMap<String, String>> {
+        let path = f.path_of("labels");
+        let map = match f.get("labels") {
+            None | Some(Value::Null) => return Some(BTreeMap::new()),
+            Some(Value::Mapping(map)) => map,
+            Some(v) => {
+                self.error(
+                    &path,
+                    format!(
+                        "must be a mapping of label names to values, like {{team: rooms}}, not {}",
+                        kind(v)
+                    ),
+                );
+                return None;
+            }
+        };
+        let mut labels = BTreeMap::new();
+        let mut ok = true;
+        for (k, v) in map {
+            let Value::String(name) = k else {
+                self.error(
+                    &path,
+                    format!("label names must be strings, found {}", kind(k)),
+                );
+                ok = false;
+                continue;
+            };
+            if let Some(why) = label_name_problem(name) {
+                // Echo only what looks like a name: anything else may be a value (a secret)
+                // that lost its place.
+                let shown = if is_plain_name(name) {
+                    format!("{name:?}")
+                } else {
+                    "(not shown: not a plain name)".to_owned()
+                };
+                self.error(&path, format!("invalid label name {shown}: {why}"));
+                ok = false;
+                continue;
+            }
+            match v {
+                Value::String(value) => {
+                    labels.insert(name.clone(), value.clone());
+                }
+                other => {
+                    self.error(
+                        join(&path, name),
+                        format!(
+                            "a label value must be a string, not {}: quote it, like \"true\"",
+                            kind(other)
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(labels)
+    }
+
+    /// A list of regular expressions under `key` (`ignore_keys`, `exclude_metrics`), each
+    /// checked on its own so a problem names its entry. Absent gives an empty list; `None`
+    /// after reporting a problem.
+    fn patterns(&mut self, f: &Fields<'_>, key: &str, over: &str) -> Option<Vec<String>> {
+        let path = f.path_of(key);
+        let items = match f.get(key) {
+            None | Some(Value::Null) => return Some(Vec::new()),
+            Some(Value::Sequence(items)) => items,
+            Some(v) => {
+                self.error(
+                    &path,
+                    format!(
+                        "must be a list of regular expressions (full match) over {over}, not {}",
+                        kind(v)
+                    ),
+                );
+                return None;
+            }
+        };
+        let mut sources = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            match item {
+                Value::String(s) => match Patterns::check(s) {
+                    Ok(()) => sources.push(s.clone()),
+                    Err(e) => {
+                        self.error(&p, e);
+                        ok = false;
+                    }
+                },
+                other => {
+                    self.error(
+                        &p,
+                        format!(
+                            "must be a regular expression as a string, not {}",
+                            kind(other)
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(sources)
+    }
+
+    /// Compiles `first` then `more` into one set at `path`: `Some(None)` when both are empty,
+    /// `None` after reporting a problem (only the size limit of the whole set can fail here:
+    /// each pattern was checked on its own).
+    fn compile(
+        &mut self,
+        path: &str,
+        first: &[String],
+        more: &[String],
+    ) -> Option<Option<Arc<Patterns>>> {
+        if first.is_empty() && more.is_empty() {
+            return Some(None);
+        }
+        match Patterns::new(first.iter().chain(more).cloned()) {
+            Ok(p) => Some(Some(Arc::new(p))),
+            Err(e) => {
+                self.error(path, e);
+                None
+            }
+        }
     }
 
     fn group_id(&mut self, path: &str, id: &str) -> Option<String> {
@@ -1187,6 +1435,25 @@ impl Walk<'_> {
             refresh_interval: refresh_interval?,
         })
     }
+}
+
+/// Why `name` cannot be a label name in `labels` (SPEC: `[a-zA-Z_][a-zA-Z0-9_]*`, not starting
+/// with `__`, which Prometheus reserves for itself), or `None` when it can.
+fn label_name_problem(name: &str) -> Option<&'static str> {
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+    if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Some(
+            "a label name is ASCII letters, digits and underscores, not starting with a digit \
+             ([a-zA-Z_][a-zA-Z0-9_]*)",
+        );
+    }
+    if name.starts_with("__") {
+        return Some("names starting with __ are reserved for Prometheus' own use");
+    }
+    None
 }
 
 fn normalise_group_type(s: &str) -> Option<&'static str> {
@@ -1341,6 +1608,13 @@ impl Config {
             ValueHashes::Off => "off",
         };
         out.push_str(&format!("value_hashes: {hashes}\n"));
+        // Counts, not the patterns or names: they are free text, and this is printed.
+        if let Some(p) = &self.exclude_metrics {
+            out.push_str(&format!(
+                "exclude_metrics: {} pattern(s)\n",
+                p.sources().len()
+            ));
+        }
         for app in &self.apps {
             out.push_str(&format!("app {}:\n", app.sdkappid));
             match app.region {
@@ -1368,6 +1642,21 @@ impl Config {
                 "  groups: {} ({own} polled at another interval than poll_interval)\n",
                 app.groups.len()
             ));
+            let own_settings = app
+                .groups
+                .iter()
+                .filter(|g| {
+                    !Arc::ptr_eq(&g.labels, &app.labels) || g.ignore_keys != app.ignore_keys
+                })
+                .count();
+            if !app.labels.is_empty() || app.ignore_keys.is_some() || own_settings > 0 {
+                out.push_str(&format!(
+                    "  labels: {}, ignore_keys: {} pattern(s); {own_settings} group(s) with \
+                     labels or ignore_keys of their own\n",
+                    app.labels.len(),
+                    app.ignore_keys.as_ref().map_or(0, |p| p.sources().len()),
+                ));
+            }
             match &app.discover {
                 None => out.push_str("  discover: off\n"),
                 Some(d) => {

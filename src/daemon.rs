@@ -313,6 +313,7 @@ fn settings_only(config: &Config) -> Config {
         poll_interval: config.poll_interval,
         state_file: config.state_file.clone(),
         value_hashes: config.value_hashes,
+        exclude_metrics: config.exclude_metrics.clone(),
         apps: config.apps.iter().map(app::without_groups).collect(),
     }
 }
@@ -327,9 +328,12 @@ struct Served {
 
 impl http::Service for Served {
     fn render_metrics(&self) -> Vec<u8> {
-        self.daemon
-            .metrics
-            .render(&self.daemon.store, self.daemon.config().value_hashes)
+        let config = self.daemon.config();
+        self.daemon.metrics.render(
+            &self.daemon.store,
+            config.value_hashes,
+            config.exclude_metrics.as_deref(),
+        )
     }
 
     fn is_ready(&self) -> bool {

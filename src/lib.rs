@@ -7,6 +7,7 @@
 //! - [`secret`], [`usersig`]: the SecretKey newtype and TLSSigAPIv2 UserSigs.
 //! - [`error_code`]: what each upstream `ErrorCode` means.
 //! - [`outcome`]: how an upstream call ended, the one type for it.
+//! - [`pattern`]: full-match regex lists (`ignore_keys`, `exclude_metrics`).
 //! - [`client`], [`ratelimit`]: the Tencent Chat REST client, its retry policy; the quota and
 //!   the list-call slots.
 //! - [`schedule`], [`shard`]: when each group is due, and which replica polls it.
@@ -38,6 +39,7 @@ pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod outcome;
+pub mod pattern;
 pub mod ratelimit;
 pub mod region;
 pub mod schedule;

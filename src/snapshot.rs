@@ -5,8 +5,14 @@
 //! A snapshot holds per attribute its key, the hash of its value and the value's length, never
 //! the value itself: that is all a diff needs (values are compared by hash), all `/metrics`
 //! shows, and it keeps user data out of memory dumps and out of the state file.
+//!
+//! Keys matched by `ignore_keys` stay in the snapshot (they count in the attribute count, the
+//! bytes and the set hash, which describe the real state) but are flagged, and the diff and the
+//! value hashes pass over them.
 
 use sha2::{Digest, Sha256};
+
+use crate::pattern::Patterns;
 
 /// The largest value a 48-bit hash can take.
 pub(crate) const HASH48_MAX: u64 = (1 << 48) - 1;
@@ -69,6 +75,9 @@ pub(crate) struct Attr {
     pub(crate) hash: u64,
     /// The value's length in bytes.
     pub(crate) len: u32,
+    /// Matched by the group's `ignore_keys`: left out of the diff and of the value hashes. Not
+    /// part of the state file; set again from the config whenever a snapshot is taken in.
+    pub(crate) ignored: bool,
 }
 
 /// A group's attributes at one successful poll, sorted by key, keys unique.
@@ -81,7 +90,7 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     /// Builds the snapshot of a poll answer. The store calls it before taking any lock, so the
     /// hashing never holds up another poll or a scrape.
-    pub(crate) fn of(attrs: &[(String, String)]) -> Snapshot {
+    pub(crate) fn of(attrs: &[(String, String)], ignore: Option<&Patterns>) -> Snapshot {
         let mut sorted: Vec<(&str, &str)> = attrs
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -98,9 +107,18 @@ impl Snapshot {
                 key: (*k).into(),
                 hash: hash48(v.as_bytes()),
                 len: u32::try_from(v.len()).unwrap_or(u32::MAX),
+                ignored: ignore.is_some_and(|p| p.is_match(k)),
             })
             .collect();
         Snapshot { attrs, set_hash }
+    }
+
+    /// Flags the keys `ignore` matches (and only those), for a snapshot taken under other
+    /// `ignore_keys`: one from the state file, or one kept across a reload that changed them.
+    pub(crate) fn mark(&mut self, ignore: Option<&Patterns>) {
+        for a in self.attrs.iter_mut() {
+            a.ignored = ignore.is_some_and(|p| p.is_match(&a.key));
+        }
     }
 
     /// Bytes of all values.
@@ -108,7 +126,8 @@ impl Snapshot {
         self.attrs.iter().map(|a| u64::from(a.len)).sum()
     }
 
-    /// The keys added, removed and modified from `self` to `next` (both sorted by key).
+    /// The keys added, removed and modified from `self` to `next` (both sorted by key), leaving
+    /// out the keys flagged as ignored on either side.
     pub(crate) fn diff(&self, next: &Snapshot) -> Changes {
         let mut changes = Changes::default();
         let (mut i, mut j) = (0, 0);
@@ -117,15 +136,19 @@ impl Snapshot {
             match (old.get(i), new.get(j)) {
                 (Some(o), Some(n)) => match o.key.as_bytes().cmp(n.key.as_bytes()) {
                     std::cmp::Ordering::Less => {
-                        changes.removed.push(o.key.to_string());
+                        if !o.ignored {
+                            changes.removed.push(o.key.to_string());
+                        }
                         i += 1;
                     }
                     std::cmp::Ordering::Greater => {
-                        changes.added.push(n.key.to_string());
+                        if !n.ignored {
+                            changes.added.push(n.key.to_string());
+                        }
                         j += 1;
                     }
                     std::cmp::Ordering::Equal => {
-                        if o.hash != n.hash || o.len != n.len {
+                        if (o.hash != n.hash || o.len != n.len) && !o.ignored && !n.ignored {
                             changes.modified.push(n.key.to_string());
                         }
                         i += 1;
@@ -133,11 +156,15 @@ impl Snapshot {
                     }
                 },
                 (Some(o), None) => {
-                    changes.removed.push(o.key.to_string());
+                    if !o.ignored {
+                        changes.removed.push(o.key.to_string());
+                    }
                     i += 1;
                 }
                 (None, Some(n)) => {
-                    changes.added.push(n.key.to_string());
+                    if !n.ignored {
+                        changes.added.push(n.key.to_string());
+                    }
                     j += 1;
                 }
                 (None, None) => unreachable!("the loop condition excludes it"),
@@ -212,7 +239,7 @@ mod tests {
 
     #[test]
     fn duplicate_or_unsorted_keys_are_normalised() {
-        let snap = Snapshot::of(&attrs(&[("b", "old"), ("a", "1"), ("b", "2")]));
+        let snap = Snapshot::of(&attrs(&[("b", "old"), ("a", "1"), ("b", "2")]), None);
         let keys: Vec<&str> = snap.attrs.iter().map(|a| &*a.key).collect();
         assert_eq!(keys, ["a", "b"]);
         assert_eq!(
@@ -226,8 +253,8 @@ mod tests {
 
     #[test]
     fn diff_names_added_removed_and_modified_keys() {
-        let old = Snapshot::of(&attrs(&[("a", "1"), ("b", "2"), ("d", "4")]));
-        let new = Snapshot::of(&attrs(&[("b", "22"), ("c", "3"), ("d", "4")]));
+        let old = Snapshot::of(&attrs(&[("a", "1"), ("b", "2"), ("d", "4")]), None);
+        let new = Snapshot::of(&attrs(&[("b", "22"), ("c", "3"), ("d", "4")]), None);
         assert_eq!(
             old.diff(&new),
             Changes {
@@ -241,5 +268,47 @@ mod tests {
         let mut longer = new.clone();
         longer.attrs[0].len += 1;
         assert_eq!(new.diff(&longer).modified, ["b"]);
+    }
+
+    #[test]
+    fn ignored_keys_are_kept_but_never_a_change() {
+        let ignore = Patterns::new(["heartbeat", "cursor_.*"]).expect("valid");
+        let old = Snapshot::of(
+            &attrs(&[("a", "1"), ("cursor_1", "x"), ("heartbeat", "1")]),
+            Some(&ignore),
+        );
+        let new = Snapshot::of(
+            &attrs(&[("a", "1"), ("cursor_2", "y"), ("heartbeat", "2")]),
+            Some(&ignore),
+        );
+        assert!(old.diff(&new).is_empty(), "{:?}", old.diff(&new));
+        // The real state still shows in what the snapshot holds.
+        assert_eq!(new.attrs.len(), 3);
+        assert_ne!(old.set_hash, new.set_hash);
+        // Without the flags (snapshots from before `ignore_keys`), the same pair differs;
+        // marking them gives the filtered diff.
+        let mut before = Snapshot::of(&attrs(&[("a", "1"), ("heartbeat", "0")]), None);
+        let mut after = Snapshot::of(
+            &attrs(&[("a", "1"), ("cursor_2", "y"), ("heartbeat", "2")]),
+            None,
+        );
+        let unfiltered = before.diff(&after);
+        assert_eq!(
+            (unfiltered.added, unfiltered.modified),
+            (vec!["cursor_2".to_string()], vec!["heartbeat".to_string()])
+        );
+        before.mark(Some(&ignore));
+        after.mark(Some(&ignore));
+        assert!(before.diff(&after).is_empty());
+        assert_eq!(
+            after, new,
+            "marking gives what a snapshot taken with the patterns has"
+        );
+        // A change of a kept key is still counted next to ignored ones.
+        let newer = Snapshot::of(
+            &attrs(&[("a", "2"), ("cursor_3", "z"), ("heartbeat", "3")]),
+            Some(&ignore),
+        );
+        assert_eq!(new.diff(&newer).modified, ["a"]);
     }
 }

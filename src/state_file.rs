@@ -74,6 +74,9 @@ impl PersistedGroup {
                 key: a.key.into_boxed_str(),
                 hash: a.hash,
                 len: a.bytes,
+                // The config's `ignore_keys` are not the file's business: the store flags the
+                // keys when it takes the snapshot in.
+                ignored: false,
             })
             .collect();
         let snapshot = Snapshot {

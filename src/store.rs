@@ -20,6 +20,12 @@
 //!   group that no longer exists).
 //! - Which `timattr_groups_by_error_code` series exist is rendering's decision: see
 //!   [`crate::metrics`].
+//!
+//! Each app also has its [`AppSettings`], what the config says of its groups: the labels of
+//! `timattr_group_labels` and the `ignore_keys` its diffs leave out. Discovered groups take the
+//! app's; only configured groups whose own differ are listed, so 100,000 discovered groups cost
+//! nothing more. A reload that changes `ignore_keys` flags the kept snapshots anew (counters stay);
+//! a state-file snapshot is flagged when its group first succeeds.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
@@ -28,6 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::error_code::{ErrorClass, classify};
 use crate::outcome::{Attributes, Outcome};
+use crate::pattern::Patterns;
 use crate::snapshot::{Changes, Snapshot};
 use crate::state_file::{Persisted, PersistedGroup};
 
@@ -38,6 +45,44 @@ pub enum Seeds {
     DropUnlisted,
     /// The list may still grow (discovery has not answered): keep every snapshot.
     Keep,
+}
+
+/// What the config says of a group beyond its schedule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupSettings {
+    /// `timattr_group_labels`: label name (without the `label_` prefix) to value, sorted by name;
+    /// empty: the group has no such series.
+    pub labels: Arc<BTreeMap<String, String>>,
+    /// Keys left out of the change counters and the value hashes.
+    pub ignore_keys: Option<Arc<Patterns>>,
+}
+
+/// The settings of an app's groups: the app's own, and those of the groups whose differ.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppSettings {
+    /// What every group not in `groups` (every discovered one) has.
+    pub app: GroupSettings,
+    /// Configured groups with labels or `ignore_keys` of their own (merged with the app's).
+    pub groups: HashMap<Box<str>, GroupSettings>,
+}
+
+impl AppSettings {
+    /// The settings of one group: no lookup at all when no group has its own.
+    #[inline]
+    pub fn for_group(&self, group_id: &str) -> &GroupSettings {
+        if self.groups.is_empty() {
+            return &self.app;
+        }
+        self.groups.get(group_id).unwrap_or(&self.app)
+    }
+}
+
+fn same_patterns(a: Option<&Arc<Patterns>>, b: Option<&Arc<Patterns>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        _ => false,
+    }
 }
 
 /// A group's `timattr_group_attribute_changes_total`, one count per `change` label.
@@ -81,9 +126,18 @@ struct Group {
 
 /// The groups of one app. A `BTreeMap` so rendering walks them in `group_id` order (a golden
 /// file and diffs of scrapes need a stable order) and can resume after a key in chunks.
+///
+/// Lock order: `groups`, then `settings`.
 #[derive(Debug, Default)]
 struct AppState {
     groups: Mutex<BTreeMap<Box<str>, Group>>,
+    settings: RwLock<Arc<AppSettings>>,
+}
+
+impl AppState {
+    fn settings(&self) -> Arc<AppSettings> {
+        Arc::clone(&self.settings.read().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 /// Recovers a poisoned lock: the data under these locks stays consistent between statements, and
@@ -195,6 +249,31 @@ impl Store {
         }
     }
 
+    /// Sets what the config says of an app's groups (labels, `ignore_keys`), at start and at every
+    /// reload. Snapshots kept across it are flagged anew where a group's `ignore_keys` changed,
+    /// so the next diff leaves out what the new config says; counters and everything else stay.
+    pub fn set_settings(&self, sdkappid: u64, settings: AppSettings) {
+        let app = {
+            let mut apps = self.apps.write().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(apps.entry(sdkappid).or_default())
+        };
+        let settings = Arc::new(settings);
+        let mut groups = lock(&app.groups);
+        let old = std::mem::replace(
+            &mut *app.settings.write().unwrap_or_else(PoisonError::into_inner),
+            Arc::clone(&settings),
+        );
+        for (id, group) in groups.iter_mut() {
+            let Some(success) = group.success.as_mut() else {
+                continue;
+            };
+            let now = settings.for_group(id).ignore_keys.as_ref();
+            if !same_patterns(old.for_group(id).ignore_keys.as_ref(), now) {
+                success.snapshot.mark(now.map(|p| &**p));
+            }
+        }
+    }
+
     /// Adds one group to an app's assignment (a group a create callback announced), keeping
     /// everything else: cheaper than [`Store::set_assigned`] with the whole list.
     pub fn add_assigned(&self, sdkappid: u64, group_id: &str) {
@@ -274,8 +353,17 @@ impl Store {
         attrs: &[(String, String)],
         now_unix: f64,
     ) -> Option<Changes> {
-        let next = Snapshot::of(attrs);
+        // Hashed (and flagged) before the lock; flagged again under it if a reload changed the
+        // settings meanwhile.
+        let settings = app.settings();
+        let ignore = settings.for_group(group_id).ignore_keys.as_deref();
+        let mut next = Snapshot::of(attrs, ignore);
         let mut groups = lock(&app.groups);
+        let current = app.settings();
+        let ignore = current.for_group(group_id).ignore_keys.as_deref();
+        if !Arc::ptr_eq(&settings, &current) {
+            next.mark(ignore);
+        }
         let group = groups.get_mut(group_id)?;
         group.error_code = Some(0);
         let changes = match &mut group.success {
@@ -302,8 +390,10 @@ impl Store {
                     last_success: now_unix,
                 };
                 let mut changes = Changes::default();
-                if let Some(seed) = seed {
+                if let Some(mut seed) = seed {
                     success.last_change = seed.last_change;
+                    // The state file holds every key; what is left out is today's config's call.
+                    seed.snapshot.mark(ignore);
                     changes = seed.snapshot.diff(&success.snapshot);
                     success.record(&changes, now_unix);
                 }
@@ -417,6 +507,7 @@ impl AppView {
         let mut cursor: Option<Box<str>> = None;
         loop {
             let groups = lock(&self.state.groups);
+            let settings = self.state.settings();
             let range = match &cursor {
                 None => groups.range::<str, _>(..),
                 Some(c) => groups.range::<str, _>((Bound::Excluded(&**c), Bound::Unbounded)),
@@ -425,7 +516,11 @@ impl AppView {
             let mut last = None;
             for (id, group) in range.take(RENDER_CHUNK) {
                 seen += 1;
-                f(GroupView { id, group });
+                f(GroupView {
+                    id,
+                    group,
+                    settings: settings.for_group(id),
+                });
                 last = Some(id);
             }
             cursor = last.cloned();
@@ -442,6 +537,7 @@ impl AppView {
 pub struct GroupView<'a> {
     id: &'a str,
     group: &'a Group,
+    settings: &'a GroupSettings,
 }
 
 impl<'a> GroupView<'a> {
@@ -455,6 +551,13 @@ impl<'a> GroupView<'a> {
     #[inline]
     pub fn error_code(self) -> Option<i64> {
         self.group.error_code
+    }
+
+    /// The group's `labels` (the app's merged with its own), for `timattr_group_labels`; it
+    /// exists from assignment, polled yet or not.
+    #[inline]
+    pub fn labels(self) -> &'a BTreeMap<String, String> {
+        &self.settings.labels
     }
 
     /// The last successful poll and what changed, which the attribute series show; `None` before
@@ -489,10 +592,15 @@ impl<'a> SuccessView<'a> {
     }
 
     /// Each key with the [`hash48`](crate::snapshot::hash48) of its value, in ascending bytewise
-    /// order of the keys.
+    /// order of the keys, leaving out the keys `ignore_keys` matches.
     #[inline]
-    pub fn value_hashes(self) -> impl ExactSizeIterator<Item = (&'a str, u64)> {
-        self.0.snapshot.attrs.iter().map(|a| (&*a.key, a.hash))
+    pub fn value_hashes(self) -> impl Iterator<Item = (&'a str, u64)> {
+        self.0
+            .snapshot
+            .attrs
+            .iter()
+            .filter(|a| !a.ignored)
+            .map(|a| (&*a.key, a.hash))
     }
 
     /// Keys added, removed and modified between consecutive successful polls, since the baseline.
@@ -538,6 +646,34 @@ pub(crate) mod testing {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// Settings giving every group of an app these labels.
+    pub(crate) fn with_labels(pairs: &[(&str, &str)]) -> AppSettings {
+        let labels = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        AppSettings {
+            app: GroupSettings {
+                labels: Arc::new(labels),
+                ignore_keys: None,
+            },
+            groups: HashMap::new(),
+        }
+    }
+
+    /// Settings making every group of an app ignore keys matching `patterns`.
+    pub(crate) fn ignoring(patterns: &[&str]) -> AppSettings {
+        AppSettings {
+            app: GroupSettings {
+                labels: Arc::default(),
+                ignore_keys: Some(Arc::new(
+                    Patterns::new(patterns.iter().copied()).expect("valid"),
+                )),
+            },
+            groups: HashMap::new(),
+        }
     }
 
     /// A store with `groups` assigned to app 1.
@@ -914,6 +1050,105 @@ mod tests {
         assert_eq!(g.attributes[0].bytes, 14);
         assert_eq!(g.last_change_timestamp_seconds, 7.5);
         assert!(!persisted.apps[&1].contains_key("h"));
+    }
+
+    #[test]
+    fn ignored_keys_count_in_the_state_but_not_as_changes() {
+        let store = store_with(&["g"]);
+        store.set_settings(1, ignoring(&["heartbeat", "cursor_.*"]));
+        store.apply(1, "g", &ok(&attrs(&[("a", "1"), ("heartbeat", "1")])), 1.0);
+        let gen_before = store.generation();
+        let only_ignored = attrs(&[("a", "1"), ("heartbeat", "2"), ("cursor_9", "x")]);
+        assert_eq!(store.apply(1, "g", &ok(&only_ignored), 2.0), None);
+        let s = success(&store, "g").expect("a success");
+        assert_eq!(s.changes, counts(0, 0, 0));
+        assert_eq!(s.last_change, 0.0, "an ignored change is no change");
+        assert_eq!(s.attributes, 3);
+        assert_eq!(s.bytes, 3);
+        assert_eq!(s.set_hash, set_hash(&only_ignored));
+        assert_eq!(s.value_hashes, [("a".to_string(), hash48(b"1"))]);
+        assert_ne!(
+            store.generation(),
+            gen_before,
+            "the state file holds every key"
+        );
+        let p = store.persisted();
+        assert_eq!(p.apps[&1]["g"].attributes.len(), 3);
+        // A kept key's change still counts.
+        let next = attrs(&[("a", "2"), ("heartbeat", "3")]);
+        let got = store.apply(1, "g", &ok(&next), 3.0).expect("a change");
+        assert_eq!(
+            (got.added, got.removed, got.modified),
+            (vec![], vec![], vec!["a".to_string()])
+        );
+    }
+
+    #[test]
+    fn a_reload_that_changes_ignore_keys_keeps_the_counters() {
+        let store = store_with(&["g"]);
+        store.apply(1, "g", &ok(&attrs(&[("a", "1"), ("hb", "1")])), 1.0);
+        store.apply(1, "g", &ok(&attrs(&[("a", "1"), ("hb", "2")])), 2.0);
+        assert_eq!(
+            success(&store, "g").expect("a success").changes,
+            counts(0, 0, 1)
+        );
+        store.set_settings(1, ignoring(&["hb"]));
+        // The kept snapshot is flagged anew: hb's value hash goes at once, and its removal at
+        // the next poll is not counted.
+        assert_eq!(success(&store, "g").expect("kept").value_hashes.len(), 1);
+        assert_eq!(store.apply(1, "g", &ok(&attrs(&[("a", "1")])), 3.0), None);
+        let s = success(&store, "g").expect("a success");
+        assert_eq!(s.changes, counts(0, 0, 1));
+        store.apply(1, "g", &ok(&attrs(&[("a", "1"), ("hb", "3")])), 3.5);
+        // And back: counted again.
+        store.set_settings(1, AppSettings::default());
+        assert!(
+            store
+                .apply(1, "g", &ok(&attrs(&[("a", "1"), ("hb", "4")])), 4.0)
+                .is_some()
+        );
+        assert_eq!(
+            success(&store, "g").expect("a success").changes,
+            counts(0, 0, 2)
+        );
+    }
+
+    #[test]
+    fn a_seed_is_diffed_without_the_ignored_keys() {
+        let old = store_with(&["g"]);
+        old.apply(
+            1,
+            "g",
+            &ok(&attrs(&[("a", "1"), ("hb", "1"), ("hb2", "1")])),
+            1.0,
+        );
+        let store = Store::new();
+        store.seed_from(old.persisted());
+        store.set_settings(1, ignoring(&["hb.*"]));
+        store.set_assigned(1, ["g"], Seeds::DropUnlisted);
+        // hb modified and hb2 removed while down: neither counts.
+        assert_eq!(
+            store.apply(1, "g", &ok(&attrs(&[("a", "1"), ("hb", "9")])), 5.0),
+            None
+        );
+        let got = store.apply(1, "g", &ok(&attrs(&[("a", "2"), ("hb", "9")])), 6.0);
+        assert_eq!(got.map(|c| c.modified), Some(vec!["a".to_string()]));
+    }
+
+    #[test]
+    fn settings_go_per_group_where_a_group_has_its_own() {
+        let mut settings = with_labels(&[("team", "rooms")]);
+        let own = with_labels(&[("team", "rooms"), ("page", "true")]).app;
+        settings.groups.insert("h".into(), own.clone());
+        assert_eq!(settings.for_group("h"), &own);
+        assert_eq!(settings.for_group("g"), &settings.app);
+        let store = store_with(&["g", "h"]);
+        store.set_settings(1, settings);
+        let mut seen = Vec::new();
+        for app in store.apps() {
+            app.for_each_group(|g| seen.push((g.group_id().to_string(), g.labels().len())));
+        }
+        assert_eq!(seen, [("g".to_string(), 1), ("h".to_string(), 2)]);
     }
 
     proptest! {

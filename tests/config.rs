@@ -102,13 +102,14 @@ const ERROR_CASES: &[Case] = &[
         "pol_interval: 1m\n",
         &[],
         "pol_interval: unknown key; did you mean poll_interval? allowed here: poll_interval, \
-         state_file, value_hashes, apps",
+         state_file, value_hashes, exclude_metrics, apps",
     ),
     (
         "unknown top-level key, nothing close",
         "listen: \":9877\"\n",
         &[],
-        "listen: unknown key; allowed here: poll_interval, state_file, value_hashes, apps",
+        "listen: unknown key; allowed here: poll_interval, state_file, value_hashes, \
+         exclude_metrics, apps",
     ),
     (
         "global poll_interval too short",
@@ -492,7 +493,8 @@ const ERROR_CASES: &[Case] = &[
         "group entry with unknown key",
         "",
         &[("groups", Some("[{id: \"@TGS#a\", interval: 5s}]"))],
-        "apps[0].groups[0].interval: unknown key; allowed here: id, poll_interval",
+        "apps[0].groups[0].interval: unknown key; allowed here: id, poll_interval, labels, \
+         ignore_keys",
     ),
     (
         "group poll_interval too short",
@@ -548,8 +550,87 @@ const ERROR_CASES: &[Case] = &[
         "apps[0].secrt_key_file: unknown key; did you mean secret_key_file? allowed here: \
          sdkappid, region, endpoint, allow_insecure_http, identifier, secret_key_file, \
          secret_key_env, secret_key, callback_token_file, callback_token_env, callback_token, usersig_ttl, \
-         rate_limit, max_concurrency, timeout, groups, \
+         rate_limit, max_concurrency, timeout, labels, ignore_keys, groups, \
          discover",
+    ),
+    // labels, ignore_keys, exclude_metrics.
+    (
+        "bad label names, every one at once",
+        "",
+        &[("labels", Some("{__x: a, 1a: b, a-b: c, ok: d}"))],
+        "apps[0].labels: invalid label name \"__x\": names starting with __ are reserved for \
+         Prometheus' own use\n\
+         apps[0].labels: invalid label name \"1a\": a label name is ASCII letters, digits and \
+         underscores, not starting with a digit ([a-zA-Z_][a-zA-Z0-9_]*)\n\
+         apps[0].labels: invalid label name \"a-b\": a label name is ASCII letters, digits and \
+         underscores, not starting with a digit ([a-zA-Z_][a-zA-Z0-9_]*)",
+    ),
+    (
+        "bad label name of a group",
+        "",
+        &[(
+            "groups",
+            Some("[\"@TGS#a\", {id: \"@TGS#b\", labels: {page-on-change: \"true\"}}]"),
+        )],
+        "apps[0].groups[1].labels: invalid label name \"page-on-change\": a label name is ASCII \
+         letters, digits and underscores, not starting with a digit ([a-zA-Z_][a-zA-Z0-9_]*)",
+    ),
+    (
+        "a label name that is not a plain name is not echoed",
+        "",
+        &[("labels", Some("{\"team: rooms\": x}"))],
+        "apps[0].labels: invalid label name (not shown: not a plain name): a label name is ASCII \
+         letters, digits and underscores, not starting with a digit ([a-zA-Z_][a-zA-Z0-9_]*)",
+    ),
+    (
+        "label value not a string",
+        "",
+        &[("labels", Some("{page_on_change: true}"))],
+        "apps[0].labels.page_on_change: a label value must be a string, not a boolean: quote it, \
+         like \"true\"",
+    ),
+    (
+        "labels not a mapping",
+        "",
+        &[("labels", Some("[team]"))],
+        "apps[0].labels: must be a mapping of label names to values, like {team: rooms}, not a list",
+    ),
+    (
+        "ignore_keys entry not a regular expression",
+        "",
+        &[("ignore_keys", Some("[heartbeat, \"cursor_(\"]"))],
+        "apps[0].ignore_keys[1]: not a valid regular expression: unclosed group",
+    ),
+    (
+        "ignore_keys of a group, bad",
+        "",
+        &[(
+            "groups",
+            Some("[{id: \"@TGS#a\", ignore_keys: [\"[z-a]\", 7]}]"),
+        )],
+        "apps[0].groups[0].ignore_keys[0]: not a valid regular expression: invalid character \
+         class range, the start must be <= the end\n\
+         apps[0].groups[0].ignore_keys[1]: must be a regular expression as a string, not a number",
+    ),
+    (
+        "ignore_keys not a list",
+        "",
+        &[("ignore_keys", Some("heartbeat"))],
+        "apps[0].ignore_keys: must be a list of regular expressions (full match) over attribute \
+         keys, not a string",
+    ),
+    (
+        "exclude_metrics entry not a regular expression",
+        "exclude_metrics: [\"timattr_api_.*\", \"timattr_((\"]\n",
+        &[],
+        "exclude_metrics[1]: not a valid regular expression: unclosed group",
+    ),
+    (
+        "exclude_metrics not a list",
+        "exclude_metrics: timattr_api_.*\n",
+        &[],
+        "exclude_metrics: must be a list of regular expressions (full match) over metric family \
+         names, not a string",
     ),
 ];
 
@@ -628,7 +709,7 @@ apps:
     secret_key: x
 ";
     let want = "\
-bogus: unknown key; allowed here: poll_interval, state_file, value_hashes, apps
+bogus: unknown key; allowed here: poll_interval, state_file, value_hashes, exclude_metrics, apps
 poll_interval: must be at least 1s, got 0s
 value_hashes: must be one of per_key, per_group, off
 apps[0].sdkappid: must be a positive integer, like 1400000000
@@ -1023,12 +1104,14 @@ fn the_key_never_prints() {
 fn summary_shows_sources_not_secrets() {
     let yaml = "\
 poll_interval: 30s
+exclude_metrics: [\"timattr_api_.*\"]
 apps:
   - sdkappid: 1400000000
     region: singapore
     identifier: administrator
     secret_key_env: TIM_SECRET_KEY
     groups: [\"@TGS#a\", {id: \"@TGS#b\", poll_interval: 10s}]
+    labels: {team: rooms}
   - sdkappid: 1400000001
     endpoint: http://127.0.0.1:8080
     identifier: admin
@@ -1044,12 +1127,14 @@ apps:
 poll_interval: 30s
 state_file: none
 value_hashes: per_key
+exclude_metrics: 1 pattern(s)
 app 1400000000:
   region: singapore (https://adminapisgp.im.qcloud.com/)
   identifier: administrator
   secret_key: from environment variable TIM_SECRET_KEY
   usersig_ttl: 1d, rate_limit: 100/s, max_concurrency: 16, timeout: 5s
   groups: 2 (1 polled at another interval than poll_interval)
+  labels: 1, ignore_keys: 0 pattern(s); 0 group(s) with labels or ignore_keys of their own
   discover: off
 app 1400000001:
   endpoint: http://127.0.0.1:8080/
@@ -1140,6 +1225,12 @@ fn shipped_example_is_valid() {
             .any(|g| g.id == "@TGS#2J4SZEAEL" && g.poll_interval == Duration::from_secs(15))
     );
     assert_eq!(first.secret_key.expose(), KEY);
+    assert_eq!(first.labels.get("team").map(String::as_str), Some("rooms"));
+    let busy = &first.groups[3];
+    assert_eq!(busy.labels.len(), 2);
+    let ignore = busy.ignore_keys.as_deref().expect("merged ignore_keys");
+    assert!(ignore.is_match("score") && ignore.is_match("cursor_1"));
+    assert!(c.exclude_metrics.is_none(), "commented out");
     let second = &c.apps[1];
     assert_eq!(second.secret_key.expose(), KEY);
     assert!(second.groups.is_empty());
@@ -1262,4 +1353,132 @@ fn callback_tokens_are_secrets() {
     // Without a token the app has none (its callbacks are accepted unsigned).
     let loaded = parse_in(&[]).expect("valid");
     assert!(loaded.config.apps[0].callback_token.is_none());
+}
+
+#[test]
+fn labels_and_ignore_keys_merge_group_over_app() {
+    let yaml = one_app(
+        "exclude_metrics: [\"timattr_api_.*\"]\n",
+        &[
+            ("labels", Some("{team: rooms, tier: gold}")),
+            ("ignore_keys", Some("[heartbeat, \"cursor_.*\"]")),
+            (
+                "groups",
+                Some(
+                    "[\"@TGS#plain\", {id: \"@TGS#own\", labels: {tier: silver, page_on_change: \"true\"}, \
+                 ignore_keys: [score]}, {id: \"@TGS#empty\", labels: {}, ignore_keys: []}]",
+                ),
+            ),
+        ],
+    );
+    let config = parse(&yaml).expect("valid").config;
+    let exclude = config.exclude_metrics.as_deref().expect("set");
+    assert!(exclude.is_match("timattr_api_requests_total"));
+    assert!(!exclude.is_match("timattr_group_up"));
+    assert!(
+        !exclude.is_match("x_timattr_api_requests_total"),
+        "full match"
+    );
+    let app = &config.apps[0];
+    let pairs = |m: &std::collections::BTreeMap<String, String>| -> Vec<(String, String)> {
+        m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
+    let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(pairs(&app.labels), [s("team", "rooms"), s("tier", "gold")]);
+    let [plain, own, empty] = &app.groups[..] else {
+        panic!("three groups: {:?}", app.groups)
+    };
+    // The group's value wins; the app's other labels stay.
+    assert_eq!(
+        pairs(&own.labels),
+        [
+            s("page_on_change", "true"),
+            s("team", "rooms"),
+            s("tier", "silver")
+        ]
+    );
+    // Groups that add nothing share the app's values, not copies.
+    for g in [plain, empty] {
+        assert!(std::sync::Arc::ptr_eq(&g.labels, &app.labels), "{}", g.id);
+        let (gi, ai) = (g.ignore_keys.as_ref(), app.ignore_keys.as_ref());
+        assert!(
+            std::sync::Arc::ptr_eq(gi.expect("inherited"), ai.expect("set")),
+            "{}",
+            g.id
+        );
+    }
+    let ignore = own.ignore_keys.as_deref().expect("merged");
+    assert_eq!(ignore.sources(), ["heartbeat", "cursor_.*", "score"]);
+    for key in ["heartbeat", "cursor_7", "score"] {
+        assert!(ignore.is_match(key), "{key}");
+    }
+    assert!(!ignore.is_match("scores"));
+    assert!(!app.ignore_keys.as_deref().expect("set").is_match("score"));
+
+    // Absent everywhere: nothing set.
+    let config = parse(&one_app("", &[])).expect("valid").config;
+    assert!(config.exclude_metrics.is_none());
+    assert!(config.apps[0].labels.is_empty());
+    assert!(config.apps[0].ignore_keys.is_none());
+    assert!(config.apps[0].groups[0].ignore_keys.is_none());
+}
+
+#[test]
+fn a_group_may_ignore_keys_when_the_app_does_not() {
+    let yaml = one_app(
+        "",
+        &[("groups", Some("[{id: \"@TGS#a\", ignore_keys: [\"x|y\"]}]"))],
+    );
+    let config = parse(&yaml).expect("valid").config;
+    let ignore = config.apps[0].groups[0]
+        .ignore_keys
+        .as_deref()
+        .expect("own");
+    assert!(ignore.is_match("x") && ignore.is_match("y") && !ignore.is_match("xy"));
+}
+
+#[test]
+fn a_label_value_holding_a_secret_is_refused_without_echoing_it() {
+    let yaml = one_app(
+        "",
+        &[
+            ("labels", Some(&format!("{{note: \"key is {KEY}\"}}"))),
+            (
+                "groups",
+                Some(&format!(
+                    "[{{id: \"@TGS#a\", labels: {{team: rooms, note2: \"{KEY}\"}}}}, \
+                     {{id: \"@TGS#b\", labels: {{team: rooms}}}}]"
+                )),
+            ),
+            ("ignore_keys", Some(&format!("[\"{KEY}\"]"))),
+        ],
+    );
+    let text = error_text(&yaml);
+    assert!(!text.contains(KEY), "{text}");
+    // The app's value is reported at the app only; the group that adds one, at the group.
+    assert_eq!(
+        errors(&yaml),
+        "apps[0].labels: a label holds a secret key or callback token of this config: labels \
+         are exported in /metrics\n\
+         apps[0].groups[0].labels: a label holds a secret key or callback token of this config: \
+         labels are exported in /metrics"
+    );
+    // A name that is a valid label name and a secret (a hex key starting with a letter).
+    let hex_key = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
+    let yaml = one_app(
+        "",
+        &[
+            ("secret_key", Some(hex_key)),
+            ("labels", Some(&format!("{{{hex_key}: x}}"))),
+        ],
+    );
+    assert_eq!(
+        errors(&yaml),
+        "apps[0].labels: a label holds a secret key or callback token of this config: labels \
+         are exported in /metrics"
+    );
+    // A pattern is never exported, but a dump of the config never shows it either.
+    let ok = one_app("", &[("ignore_keys", Some(&format!("[\"{KEY}\"]")))]);
+    let loaded = parse(&ok).expect("valid");
+    assert!(!format!("{loaded:?}").contains(KEY));
 }

@@ -1,5 +1,5 @@
 //! The metric families a running exporter exposes, with every feature switched on (discovery,
-//! push, the state file, per-key hashes, a failing group), are exactly SPEC's list
+//! push, the state file, per-key hashes, a failing group, a group with labels), are exactly SPEC's list
 //! (`common::SPEC_FAMILIES`, copied from SPEC.md by hand), each with at least one sample; and
 //! scrapes never call the upstream.
 
@@ -47,10 +47,17 @@ async fn a_running_exporter_exposes_exactly_specs_families() {
         &["@TGS#ok", "@TGS#gone"],
         "state_file: state.json\n",
     );
-    let yaml = std::fs::read_to_string(cfg.path()).unwrap().replace(
-        "    groups:\n",
-        "    callback_token: t0ken-for-families\n    discover:\n      refresh_interval: 1m\n    groups:\n",
-    );
+    let yaml = std::fs::read_to_string(cfg.path())
+        .unwrap()
+        .replace(
+            "    groups:\n",
+            "    callback_token: t0ken-for-families\n    discover:\n      refresh_interval: 1m\n    groups:\n",
+        )
+        // A group with labels, for timattr_group_labels.
+        .replace(
+            "      - \"@TGS#ok\"\n",
+            "      - id: \"@TGS#ok\"\n        labels: {page_on_change: \"true\"}\n",
+        );
     std::fs::write(cfg.path(), yaml).unwrap();
     let exporter = Exporter::start(&cfg.path(), &["--callback.listen-address=127.0.0.1:0"]);
     let metrics = exporter.url("/metrics");
@@ -58,7 +65,10 @@ async fn a_running_exporter_exposes_exactly_specs_families() {
         let t = scrape(&metrics).await;
         let found = value(&t, "timattr_group_up", &[("group_id", "@TGS#found")]);
         let gone = value(&t, "timattr_group_error_code", &[("group_id", "@TGS#gone")]);
-        (found == Some(1.0) && gone == Some(10010.0)).then_some(t)
+        // @TGS#ok is the only group with an attribute, so the only source of value hashes:
+        // waited for too, or a slow first poll of it fails the test on a loaded machine.
+        let ok = value(&t, "timattr_group_up", &[("group_id", "@TGS#ok")]);
+        (found == Some(1.0) && gone == Some(10010.0) && ok == Some(1.0)).then_some(t)
     })
     .await
     .unwrap_or_else(|| panic!("polls and a listing landed: {}", exporter.logs()));

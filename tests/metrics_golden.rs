@@ -4,15 +4,18 @@
 //! `UPDATE_GOLDEN=1 cargo test --test metrics_golden` rewrites the golden file; review its diff.
 //! promtool comes from `scripts/install-test-deps.sh`; without it this test fails, it never skips.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use timattr_exporter::metrics::{BuildInfo, METRIC_FAMILIES, Metrics, ValueHashes};
 use timattr_exporter::observe::Api;
 use timattr_exporter::outcome::{ApiError, Attributes, FailureReason, Outcome};
-use timattr_exporter::store::{Seeds, Store};
+use timattr_exporter::pattern::Patterns;
+use timattr_exporter::store::{AppSettings, GroupSettings, Seeds, Store};
 
 const APP: u64 = 1_400_000_000;
 const OTHER_APP: u64 = 1_400_000_001;
@@ -76,6 +79,32 @@ fn scenario() -> (Metrics, Store) {
         "@TGS#unpolled",
         "odd\"id\\with\nnewline",
     ];
+    // The app's labels on every group; one group with its own (merged, one value to escape),
+    // and keys ignored by the whole app.
+    let app_labels = Arc::new(BTreeMap::from([("team".to_string(), "rooms".to_string())]));
+    let own_labels = Arc::new(BTreeMap::from([
+        ("team".to_string(), "rooms".to_string()),
+        ("note".to_string(), "say \"hi\"\\n\nbye".to_string()),
+    ]));
+    let ignore = Some(Arc::new(Patterns::new(["heart.*"]).unwrap()));
+    store.set_settings(
+        APP,
+        AppSettings {
+            app: GroupSettings {
+                labels: app_labels,
+                ignore_keys: ignore.clone(),
+            },
+            groups: [(
+                "@TGS#changed".into(),
+                GroupSettings {
+                    labels: own_labels,
+                    ignore_keys: ignore,
+                },
+            )]
+            .into_iter()
+            .collect(),
+        },
+    );
     store.set_assigned(APP, ids.map(String::from), Seeds::DropUnlisted);
     store.set_assigned(
         OTHER_APP,
@@ -98,7 +127,9 @@ fn scenario() -> (Metrics, Store) {
         &ok(&attrs(&[("a", "1"), ("b", "2")])),
         T0,
     );
-    let changed = attrs(&[("b", "22"), ("c", "3")]);
+    // heartbeat counts in the attributes and the set hash, but is no change and has no value
+    // hash.
+    let changed = attrs(&[("b", "22"), ("c", "3"), ("heartbeat", "7")]);
     let got = store.apply(APP, "@TGS#changed", &ok(&changed), T0 + 60.5);
     assert!(got.is_some(), "the change is reported");
     store.apply(APP, "odd\"id\\with\nnewline", &ok(&[]), T0);
@@ -146,7 +177,7 @@ fn promtool_check(text: &str) {
 #[test]
 fn metrics_match_the_golden_file_and_pass_promtool() {
     let (metrics, store) = scenario();
-    let full = String::from_utf8(metrics.render(&store, ValueHashes::PerKey)).expect("UTF-8");
+    let full = String::from_utf8(metrics.render(&store, ValueHashes::PerKey, None)).expect("UTF-8");
     let text = without_process(&full);
 
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden/metrics.prom");
@@ -167,7 +198,7 @@ fn metrics_match_the_golden_file_and_pass_promtool() {
 #[test]
 fn every_family_is_in_the_table_and_the_scenario_shows_them_all() {
     let (metrics, store) = scenario();
-    let text = String::from_utf8(metrics.render(&store, ValueHashes::PerKey)).expect("UTF-8");
+    let text = String::from_utf8(metrics.render(&store, ValueHashes::PerKey, None)).expect("UTF-8");
     let mut seen = Vec::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {

@@ -4,7 +4,8 @@
 //!
 //! Targets: the API answer parsers (`client::parse_group_attr`, `client::parse_group_list`),
 //! the UserSig decoder and verifier, the config loader (`config::parse`), the state file reader
-//! (`state_file::read_state_file`) and the fake's scenario parser (`Scenario::from_yaml`).
+//! (`state_file::read_state_file`) and the fake's scenario parser (`Scenario::from_yaml`); and
+//! for the config, arbitrary `labels`, `ignore_keys` and `exclude_metrics` in a valid document.
 //!
 //! Cases per property: `TIMATTR_FUZZ_CASES` (default 20,000). `cargo fuzz` would need a nightly
 //! toolchain; these run on stable in the ordinary test suite.
@@ -172,6 +173,97 @@ proptest! {
     fn scenario_parser_never_panics(yaml in mutated_text(scenario_seeds())) {
         let _ = Scenario::from_yaml(&yaml);
     }
+}
+
+proptest! {
+    // A tenth of the cases: each one compiles up to a dozen regular expressions (about 5 ms),
+    // where the other targets parse a few hundred bytes.
+    #![proptest_config(ProptestConfig { cases: (cases() / 10).max(1), ..fuzz_config() })]
+
+    #[test]
+    fn labels_and_patterns_never_panic_the_parser_nor_leak_the_key(
+        app_labels in label_map(),
+        group_labels in label_map(),
+        app_ignore in prop::collection::vec(pattern(), 0..4),
+        group_ignore in prop::collection::vec(pattern(), 0..4),
+        exclude in prop::collection::vec(pattern(), 0..3),
+    ) {
+        let doc = serde_json::json!({
+            "exclude_metrics": exclude,
+            "apps": [{
+                "sdkappid": APP,
+                "endpoint": "http://127.0.0.1:9/",
+                "identifier": ADMIN,
+                "secret_key": KEY,
+                "labels": app_labels,
+                "ignore_keys": app_ignore,
+                "groups": [
+                    "@TGS#plain",
+                    {"id": "@TGS#own", "labels": group_labels, "ignore_keys": group_ignore},
+                ],
+            }],
+        });
+        let yaml = serde_yaml::to_string(&doc).expect("a YAML document");
+        let result = config::parse(&yaml, &|_| None, Path::new("/nonexistent-timattr-fuzz"));
+        let names_ok = app_labels.keys().chain(group_labels.keys()).all(|n| valid_label_name(n));
+        match result {
+            Ok(loaded) => {
+                prop_assert!(names_ok, "an invalid label name was accepted: {:?}", loaded.config);
+                let debug = format!("{:?}", loaded.config);
+                prop_assert!(!debug.contains(KEY), "Debug holds the key");
+                prop_assert!(!loaded.config.summary().contains(KEY));
+                let app = &loaded.config.apps[0];
+                let own = &app.groups[1];
+                for (name, value) in app_labels.iter().chain(group_labels.iter()) {
+                    prop_assert!(own.labels.contains_key(name), "{} merged", name);
+                    // The group's value wins.
+                    if group_labels.get(name) == Some(value) {
+                        prop_assert_eq!(own.labels.get(name), Some(value));
+                    }
+                }
+            }
+            Err(e) => {
+                let text = format!("{e} {e:?}");
+                prop_assert!(!text.contains(KEY), "error holds the key: {}", text);
+            }
+        }
+    }
+}
+
+/// SPEC's rule for a label name in `labels`, written again here from SPEC.
+fn valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("__")
+}
+
+/// Label maps with valid names, near misses, arbitrary text, and the key itself in both places.
+fn label_map() -> impl Strategy<Value = std::collections::BTreeMap<String, String>> {
+    let name = prop_oneof![
+        4 => "[a-zA-Z_][a-zA-Z0-9_]{0,10}",
+        2 => "\\PC{0,12}",
+        1 => prop::sample::select(vec!["__x", "1a", "a-b", "", "a.b", "é", KEY])
+            .prop_map(str::to_owned),
+    ];
+    let value = prop_oneof![
+        4 => "\\PC{0,16}",
+        1 => Just(KEY.to_owned()),
+        1 => Just(format!("team-{KEY}")),
+    ];
+    prop::collection::btree_map(name, value, 0..4)
+}
+
+/// Strings for `ignore_keys` and `exclude_metrics`: regex syntax, arbitrary text, the key.
+fn pattern() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[a-z_.*+?()\\[\\]|{}^$\\\\0-9,-]{0,14}",
+        2 => "\\PC{0,14}",
+        1 => Just(KEY.to_owned()),
+        1 => Just(format!("({KEY}")),
+    ]
 }
 
 fn usersig_inputs() -> impl Strategy<Value = String> {

@@ -5,6 +5,7 @@
 //! `config/scenarios/demo.yml` is the same scenario as a file, for `timattr_fake_api`.
 //! [`demo_config`] is the exporter's side: the config that polls it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use url::Url;
@@ -12,7 +13,9 @@ use url::Url;
 use super::Fault;
 use super::model::{AppSpec, GroupType};
 use super::scenario::{Action, Event, Scenario, Schedule};
-use crate::config::{AppConfig, Config, DEFAULT_MAX_CONCURRENCY, GroupConfig, SecretSource};
+use crate::config::{
+    AppConfig, Config, DEFAULT_MAX_CONCURRENCY, GroupConfig, Labels, SecretSource,
+};
 use crate::metrics::ValueHashes;
 use crate::secret::SecretKey;
 
@@ -148,17 +151,21 @@ pub fn demo_config(base_url: &Url) -> Config {
         let path = format!("{}/", base_url.path());
         base_url.set_path(&path);
     }
+    let labels = Labels::default();
     let groups = demo_group_ids()
         .into_iter()
         .map(|id| GroupConfig {
             id,
             poll_interval: DEMO_POLL_INTERVAL,
+            labels: Arc::clone(&labels),
+            ignore_keys: None,
         })
         .collect();
     Config {
         poll_interval: DEMO_POLL_INTERVAL,
         state_file: None,
         value_hashes: ValueHashes::PerKey,
+        exclude_metrics: None,
         apps: vec![AppConfig {
             sdkappid: DEMO_SDKAPPID,
             region: None,
@@ -173,6 +180,8 @@ pub fn demo_config(base_url: &Url) -> Config {
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             timeout: DEMO_TIMEOUT,
             allow_insecure_http: false,
+            labels,
+            ignore_keys: None,
             groups,
             discover: None,
         }],

@@ -12,6 +12,15 @@
 //! `timattr_groups_by_error_code{error_code="0"}` is always rendered, at 0 when no group is
 //! healthy, so alerts and dashboards have a series to divide by; other codes appear while at
 //! least one group's latest poll ended with them.
+//!
+//! `timattr_group_labels` exists from a group's assignment, polled yet or not (as
+//! `timattr_groups` counts it: the labels are config, not a poll result), for every group whose
+//! labels are not empty; discovered groups carry their app's labels (SPEC: "for every group of
+//! the app").
+//!
+//! `exclude_metrics` drops whole families: each family is decided once per render (the
+//! registry's by their gathered name, the hand-written ones before the walk over the groups),
+//! never per sample, and an excluded hand-written family is not even built.
 
 mod code_labels;
 mod exposition;
@@ -28,6 +37,7 @@ use prometheus::{
 
 use crate::observe::{Api, ApiObserver};
 use crate::outcome::{FailureReason, Outcome};
+use crate::pattern::Patterns;
 use crate::store::Store;
 use code_labels::{CodeLabel, CodeLabels};
 pub use code_labels::{MAX_UNDOCUMENTED_CODES, OTHER as OTHER_ERROR_CODE};
@@ -97,6 +107,11 @@ pub const GROUP_LAST_SUCCESS: Family = (
     "timattr_group_last_success_timestamp_seconds",
     "gauge",
     "Unix time of the last successful poll of the group.",
+);
+pub const GROUP_LABELS: Family = (
+    "timattr_group_labels",
+    "gauge",
+    "1 for every group with configured labels (the app's merged with the group's), each as a label_<name> label, as kube-state-metrics' kube_*_labels.",
 );
 
 // Per app (`GROUPS` and `GROUPS_BY_ERROR_CODE` written by hand in `groups` too).
@@ -179,6 +194,7 @@ pub const METRIC_FAMILIES: &[Family] = &[
     GROUP_ATTRIBUTE_CHANGES,
     GROUP_LAST_CHANGE,
     GROUP_LAST_SUCCESS,
+    GROUP_LABELS,
     GROUPS,
     GROUPS_BY_ERROR_CODE,
     API_REQUESTS,
@@ -424,22 +440,37 @@ impl Metrics {
     }
 
     /// The whole `/metrics` exposition (text format 0.0.4): the registry's families, then the
-    /// per-group ones from `store`.
-    pub fn render(&self, store: &Store, value_hashes: ValueHashes) -> Vec<u8> {
+    /// per-group ones from `store`, without the families `exclude` matches.
+    pub fn render(
+        &self,
+        store: &Store,
+        value_hashes: ValueHashes,
+        exclude: Option<&Patterns>,
+    ) -> Vec<u8> {
         let mut out = String::with_capacity(64 * 1024);
-        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+        let mut families = self.registry.gather();
+        if let Some(exclude) = exclude {
+            families.retain(|f| !exclude.is_match(f.name()));
+        }
+        if let Err(e) = TextEncoder::new().encode_utf8(&families, &mut out) {
             // Only a malformed family can cause this; a scrape still gets the per-group part.
             tracing::error!(error = %e, "cannot encode the exporter's metrics");
             out.clear();
         }
-        self.render_groups(store, value_hashes, &mut out);
+        self.render_groups(store, value_hashes, exclude, &mut out);
         out.into_bytes()
     }
 
     /// Appends what [`Metrics::render`] writes after the registry's families: the per-group ones,
     /// `timattr_groups` and `timattr_groups_by_error_code`, sorted by `sdkappid` then `group_id`.
     /// The part of a scrape that grows with the number of groups; public for the benchmarks.
-    pub fn render_groups(&self, store: &Store, value_hashes: ValueHashes, out: &mut String) {
+    pub fn render_groups(
+        &self,
+        store: &Store,
+        value_hashes: ValueHashes,
+        exclude: Option<&Patterns>,
+        out: &mut String,
+    ) {
         // Each app's labelled codes, so both `error_code` families label a code alike.
         let codes: BTreeMap<u64, CodeLabels> = self
             .apps
@@ -451,7 +482,7 @@ impl Metrics {
                 (*id, live.codes.clone())
             })
             .collect();
-        groups::render(out, store, value_hashes, &codes, &self.group_sizes);
+        groups::render(out, store, value_hashes, exclude, &codes, &self.group_sizes);
     }
 }
 
@@ -543,7 +574,7 @@ mod tests {
     }
 
     fn text(m: &Metrics) -> String {
-        String::from_utf8(m.render(&Store::new(), ValueHashes::PerKey)).expect("UTF-8")
+        String::from_utf8(m.render(&Store::new(), ValueHashes::PerKey, None)).expect("UTF-8")
     }
 
     fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {

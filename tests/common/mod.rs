@@ -337,6 +337,7 @@ pub const SPEC_FAMILIES: &[&str] = &[
     "timattr_group_attribute_changes_total",
     "timattr_group_last_change_timestamp_seconds",
     "timattr_group_last_success_timestamp_seconds",
+    "timattr_group_labels",
     "timattr_groups",
     "timattr_groups_by_error_code",
     "timattr_api_requests_total",
