@@ -18,9 +18,7 @@
 //! - The Alertmanager config is a copy of config/alertmanager.yml where every receiver's webhook
 //!   URL points at this test's webhook (`/<receiver name>`) and every `group_wait` and
 //!   `group_interval` is 1 s. Routes, `group_by` and `inhibit_rules` are the shipped ones.
-//! - `timattr_group_labels` (SPEC: the config's `labels`, which the exporter is still gaining)
-//!   comes from a stub target this test serves, scraped with `honor_labels` so that its series
-//!   carry the exporter's `job` and `instance`: it labels one group `page_on_change="true"`, so
+//! - The exporter's config labels one group `page_on_change="true"` (`timattr_group_labels`), so
 //!   that group's attribute change pages and the other changing group's is an `info` notice.
 //! - Dashboard queries get Grafana's variables substituted: `$sdkappid` and `$group_id` with
 //!   their "All" value `.*`, `$__rate_interval` with `1m` (what Grafana would pick is at least
@@ -145,15 +143,26 @@ async fn alerts_reach_the_webhook_and_every_panel_has_data() {
             key = dir.join(key).display()
         )
     };
+    // WATCHED opts into paging on changes; CHANGING has a label that does not.
+    let app_a = app_yaml(
+        APP_A,
+        "key_a",
+        &[HEALTHY_1, HEALTHY_2, GONE, DENIED, CHANGING, WATCHED],
+    )
+    .replace(
+        &format!("      - \"{WATCHED}\"\n"),
+        &format!("      - id: \"{WATCHED}\"\n        labels: {{page_on_change: \"true\"}}\n"),
+    )
+    .replace(
+        &format!("      - \"{CHANGING}\"\n"),
+        &format!("      - id: \"{CHANGING}\"\n        labels: {{team: rooms}}\n"),
+    );
+    assert!(app_a.contains("page_on_change") && app_a.contains("team: rooms"));
     std::fs::write(
         &exporter_cfg,
         format!(
             "poll_interval: 1s\napps:\n{}{}",
-            app_yaml(
-                APP_A,
-                "key_a",
-                &[HEALTHY_1, HEALTHY_2, GONE, DENIED, CHANGING, WATCHED]
-            ),
+            app_a,
             app_yaml(APP_B, "key_b", &[B_1, B_2]),
         ),
     )
@@ -167,13 +176,6 @@ async fn alerts_reach_the_webhook_and_every_panel_has_data() {
     let exporter_addr = stack
         .wait_for_field(exporter, "timattr_exporter starting", "listen_address=")
         .await;
-    // The group labels the exporter would expose for `labels: {page_on_change: "true"}` on
-    // WATCHED and `labels: {team: rooms}` on CHANGING.
-    webhook.set_metrics(format!(
-        "# TYPE timattr_group_labels gauge\n\
-         timattr_group_labels{{job=\"timattr\",instance=\"{exporter_addr}\",sdkappid=\"{APP_A}\",group_id=\"{WATCHED}\",label_page_on_change=\"true\"}} 1\n\
-         timattr_group_labels{{job=\"timattr\",instance=\"{exporter_addr}\",sdkappid=\"{APP_A}\",group_id=\"{CHANGING}\",label_team=\"rooms\"}} 1\n"
-    ));
 
     // ------------------------------------------------------------ Alertmanager
     let am_cfg = dir.join("alertmanager.yml");
@@ -214,8 +216,6 @@ async fn alerts_reach_the_webhook_and_every_panel_has_data() {
         // The job name the shipped alerts and dashboard expect for a single exporter.
         "scrape_configs": [
             {"job_name": "timattr", "static_configs": [{"targets": [exporter_addr]}]},
-            {"job_name": "timattr_labels_stub", "honor_labels": true,
-             "static_configs": [{"targets": [webhook.base().trim_start_matches("http://")]}]},
         ],
     });
     // JSON is YAML.
@@ -678,8 +678,6 @@ impl Received {
 struct Webhook {
     addr: SocketAddr,
     received: Arc<Mutex<Vec<(String, Json)>>>,
-    /// What `GET /metrics` answers: a stub scrape target.
-    metrics: Arc<Mutex<String>>,
 }
 
 impl Webhook {
@@ -689,25 +687,14 @@ impl Webhook {
             .expect("bind the webhook");
         let addr = listener.local_addr().expect("local address");
         let received = Arc::new(Mutex::new(Vec::new()));
-        let metrics = Arc::new(Mutex::new(String::new()));
         let sink = Arc::clone(&received);
-        let exposed = Arc::clone(&metrics);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let sink = Arc::clone(&sink);
-                let exposed = Arc::clone(&exposed);
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let sink = Arc::clone(&sink);
-                    let exposed = Arc::clone(&exposed);
                     async move {
                         let path = req.uri().path().to_owned();
-                        if req.method() == hyper::Method::GET && path == "/metrics" {
-                            let text = exposed.lock().expect("metrics lock").clone();
-                            return Ok(hyper::Response::builder()
-                                .header("content-type", "text/plain; version=0.0.4")
-                                .body(Full::new(Bytes::from(text)))
-                                .expect("a static response is valid"));
-                        }
                         let body = req.into_body().collect().await?.to_bytes();
                         let status = match serde_json::from_slice::<Json>(&body) {
                             Ok(json) => {
@@ -731,15 +718,7 @@ impl Webhook {
                 });
             }
         });
-        Webhook {
-            addr,
-            received,
-            metrics,
-        }
-    }
-
-    fn set_metrics(&self, text: String) {
-        *self.metrics.lock().expect("metrics lock") = text;
+        Webhook { addr, received }
     }
 
     /// The notifications received: (path, body).

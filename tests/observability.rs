@@ -17,10 +17,6 @@ use std::process::Command;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
-/// Families SPEC.md lists that the exporter is still gaining (common::SPEC_FAMILIES is checked
-/// against a running exporter by tests/families.rs, so they join it when they are exposed).
-const SPEC_FAMILIES_IN_PROGRESS: &[&str] = &["timattr_group_labels"];
-
 /// The histogram families among them: their `_bucket`, `_sum` and `_count` series are queried.
 const HISTOGRAMS: &[&str] = &["timattr_api_request_duration_seconds"];
 
@@ -570,7 +566,7 @@ fn every_queried_metric_is_one_the_exporter_exposes() {
             } else if id.starts_with("timattr_") {
                 let family = family(&id);
                 assert!(
-                    SPEC_FAMILIES.contains(&family) || SPEC_FAMILIES_IN_PROGRESS.contains(&family),
+                    SPEC_FAMILIES.contains(&family),
                     "{place}: {id} is not a metric the exporter exposes"
                 );
                 seen.insert(family.to_string());
