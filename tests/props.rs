@@ -5,7 +5,9 @@
 //! Targets: the API answer parsers (`client::parse_group_attr`, `client::parse_group_list`),
 //! the UserSig decoder and verifier, the config loader (`config::parse`), the state file reader
 //! (`state_file::read_state_file`) and the fake's scenario parser (`Scenario::from_yaml`); and
-//! for the config, arbitrary `labels`, `ignore_keys` and `exclude_metrics` in a valid document.
+//! for the config, arbitrary `labels`, `ignore_keys` and `exclude_metrics` in a valid document;
+//! the callback receiver's query string and body parsers and its `Sign` check; and the
+//! web-config loader (`web_config::load`).
 //!
 //! Cases per property: `TIMATTR_FUZZ_CASES` (default 20,000). `cargo fuzz` would need a nightly
 //! toolchain; these run on stable in the ordinary test suite.
@@ -16,12 +18,14 @@ use std::path::Path;
 
 use common::{ADMIN, APP, KEY};
 use proptest::prelude::*;
+use timattr_exporter::callback;
 use timattr_exporter::client::{parse_group_attr, parse_group_list};
 use timattr_exporter::config;
 use timattr_exporter::fake::Scenario;
 use timattr_exporter::secret::SecretKey;
 use timattr_exporter::state_file::read_state_file;
 use timattr_exporter::usersig;
+use timattr_exporter::web_config;
 
 fn cases() -> u32 {
     std::env::var("TIMATTR_FUZZ_CASES")
@@ -177,6 +181,95 @@ proptest! {
     fn scenario_parser_never_panics(yaml in mutated_text(scenario_seeds())) {
         let _ = Scenario::from_yaml(&yaml);
     }
+
+    #[test]
+    fn callback_queries_never_panic_and_only_a_true_recent_sign_passes(
+        query in mutated_text(callback_query_seeds()),
+        skew in -400i64..400,
+    ) {
+        let q = callback::parse_query(&query);
+        let now = (1_669_872_112 + skew) as u64;
+        let token = SecretKey::new(CALLBACK_TOKEN);
+        let verdict = callback::verify(&token, q.sign.as_deref(), q.request_time.as_deref(), now);
+        if verdict.is_ok() {
+            let time = q.request_time.as_deref().expect("a verified query has a RequestTime");
+            let expected = callback::sign(CALLBACK_TOKEN, time);
+            prop_assert_eq!(q.sign.as_deref(), Some(expected.as_str()));
+            let at: u64 = time.parse().expect("a verified RequestTime is a number");
+            prop_assert!(at.abs_diff(now) <= 300, "{} accepted at {}", at, now);
+        }
+    }
+
+    #[test]
+    fn callback_bodies_never_panic(body in mutated(callback_body_seeds())) {
+        if let Ok(event) = callback::parse_body(None, &body) {
+            prop_assert!(!event.group_id.is_empty(), "an event names its group");
+        }
+        let _ = callback::parse_body(Some("Group.CallbackAfterCreateGroup"), &body);
+    }
+}
+
+proptest! {
+    // A tenth of the cases: each one writes a file and may parse PEM.
+    #![proptest_config(ProptestConfig { cases: (cases() / 10).max(1), ..fuzz_config() })]
+
+    #[test]
+    fn web_config_loader_never_panics(yaml in mutated_text(web_config_seeds())) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("web.yml");
+        std::fs::write(&path, &yaml).expect("write the web config");
+        let _ = web_config::load(&path);
+    }
+}
+
+/// The token of the reference's example: `Sign` of RequestTime 1669872112 is
+/// 17773bc39a671d7b9aa835458704d2a6db81360a5940292b587d6d760d484061.
+const CALLBACK_TOKEN: &str = "xxxxyyyy";
+
+fn callback_query_seeds() -> Vec<&'static str> {
+    vec![
+        "SdkAppid=1400000001&CallbackCommand=Group.CallbackAfterGroupAttrChanged&contenttype=json&ClientIP=127.0.0.1&OptPlatform=RESTAPI&Sign=17773bc39a671d7b9aa835458704d2a6db81360a5940292b587d6d760d484061&RequestTime=1669872112",
+        "SdkAppid=1400000001&CallbackCommand=Group.CallbackAfterGroupDestroyed&RequestTime=1669872112&Sign=17773BC39A671D7B9AA835458704D2A6DB81360A5940292B587D6D760D484061",
+        "SdkAppid=%31400000001&Sign=&RequestTime=&CallbackCommand=",
+    ]
+}
+
+fn callback_body_seeds() -> Vec<Vec<u8>> {
+    [
+        r#"{"CallbackCommand":"Group.CallbackAfterGroupAttrChanged","GroupId":"@TGS#2J4SZEAEL","Type":"Public","Operator_Account":"admin","OptionType":"set","GroupAttribute":[{"key":"k","value":"v"}],"EventTime":1670574414123}"#,
+        r#"{"CallbackCommand":"Group.CallbackAfterGroupDestroyed","GroupId":"@TGS#1","Type":"Community","Owner_Account":"leckie","Name":"r","MemberList":[{"Member_Account":"bob"}]}"#,
+        r#"{"CallbackCommand":"Group.CallbackAfterCreateGroup","GroupId":"@TGS#new","Type":"AVChatRoom","Name":"","CreatedGroupNum":{"Public":1}}"#,
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect()
+}
+
+fn web_config_seeds() -> Vec<&'static str> {
+    vec![
+        concat!(
+            "tls_server_config:\n",
+            "  cert_file: server.crt\n",
+            "  key_file: server.key\n",
+            "  client_auth_type: RequireAndVerifyClientCert\n",
+            "  client_ca_file: ca.crt\n",
+            "  min_version: TLS12\n",
+            "  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]\n",
+            "http_server_config:\n",
+            "  http2: true\n",
+            "  headers:\n",
+            "    X-Frame-Options: deny\n",
+            "basic_auth_users:\n",
+            "  alice: $2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi\n",
+            "rate_limit:\n",
+            "  interval: 1s\n",
+            "  burst: 10\n",
+        ),
+        concat!(
+            "basic_auth_users:\n",
+            "  bob: $2b$04$abcdefghijklmnopqrstuu5cDkVw1R4nq2nYTQy3Yq1i4nYQ4uzwa\n",
+        ),
+    ]
 }
 
 proptest! {
