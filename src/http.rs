@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
@@ -105,7 +105,13 @@ pub struct ServerOptions {
     pub idle_timeout: Duration,
     /// On shutdown, how long in-flight requests get to finish before connections are dropped.
     pub shutdown_grace: Duration,
+    /// `--web.max-requests`: `/metrics` renders at once; a scrape over it answers 503 at once
+    /// (node_exporter's limit). 0: no limit.
+    pub max_requests: usize,
 }
+
+/// `--web.max-requests`'s default, as node_exporter's.
+pub const DEFAULT_MAX_REQUESTS: usize = 40;
 
 impl Default for ServerOptions {
     fn default() -> Self {
@@ -118,6 +124,7 @@ impl Default for ServerOptions {
             request_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(5),
+            max_requests: DEFAULT_MAX_REQUESTS,
         }
     }
 }
@@ -152,6 +159,8 @@ struct Shared {
     web: Option<Arc<WebConfigSource>>,
     auth: Authenticator,
     limiter: RateLimiter,
+    /// `/metrics` renders in flight (`max_requests`); `None` when unlimited.
+    renders: Option<Arc<Semaphore>>,
 }
 
 type Body = Full<Bytes>;
@@ -216,7 +225,10 @@ pub async fn serve(
         .map(|p| Arc::new(WebConfigSource::new(p)));
     let permits = Arc::new(Semaphore::new(options.max_connections));
     let grace = options.shutdown_grace;
+    let renders =
+        (options.max_requests > 0).then(|| Arc::new(Semaphore::new(options.max_requests)));
     let shared = Arc::new(Shared {
+        renders,
         options,
         site,
         web,
@@ -665,7 +677,18 @@ async fn route(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
         }
         Route::Metrics => {
             let gzip = accepts_gzip(request.headers());
-            metrics(Arc::clone(service), gzip).await
+            match render_slot(shared) {
+                Ok(permit) => metrics(Arc::clone(service), gzip, permit).await,
+                // As promhttp's MaxRequestsInFlight: refuse at once rather than queue, so
+                // piled-up scrapes cannot multiply the rendering work.
+                Err(_) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "Limit of concurrent requests reached ({}), try again later.\n",
+                        shared.options.max_requests
+                    ),
+                ),
+            }
         }
     };
     if method == Method::HEAD {
@@ -675,8 +698,23 @@ async fn route(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
     }
 }
 
-async fn metrics(service: Arc<dyn Service>, gzip: bool) -> Response<Body> {
+/// A `max_requests` slot for one render (`None` when unlimited), or `Err` when all are taken.
+fn render_slot(shared: &Shared) -> Result<Option<OwnedSemaphorePermit>, TryAcquireError> {
+    match &shared.renders {
+        None => Ok(None),
+        Some(renders) => Arc::clone(renders).try_acquire_owned().map(Some),
+    }
+}
+
+/// Renders on the blocking pool. `permit` (a `max_requests` slot) moves into the render, so a
+/// scrape that times out keeps its slot until the render it started really ends.
+async fn metrics(
+    service: Arc<dyn Service>,
+    gzip: bool,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Response<Body> {
     let rendered = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let text = service.render_metrics();
         if gzip { gzip_bytes(&text) } else { Ok(text) }
     })

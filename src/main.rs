@@ -58,6 +58,13 @@ struct Flags {
     /// logfmt or json.
     #[arg(long = "log.format", default_value = "logfmt")]
     log_format: LogFormat,
+    /// Concurrent /metrics requests served at once; more answer 503 (0: no limit).
+    #[arg(
+        long = "web.max-requests",
+        value_name = "N",
+        default_value_t = http::DEFAULT_MAX_REQUESTS
+    )]
+    max_requests: usize,
     /// Poll only the groups in shard N of --total-shards.
     #[arg(long = "shard", value_name = "N", default_value_t = 0)]
     shard: u32,
@@ -283,6 +290,7 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
         shard,
         server: ServerOptions {
             web_config_file: flags.web_config_file.clone(),
+            max_requests: flags.max_requests,
             ..ServerOptions::default()
         },
         build: build_info(),

@@ -247,6 +247,16 @@ fn bad_config_exits_64_naming_the_field() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
+    for bad in [
+        "--web.max-requests=-1",
+        "--web.max-requests=many",
+        "--web.max-requests=",
+    ] {
+        let out = Command::new(exporter_bin()).arg(bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--web.max-requests"), "{bad}: {stderr}");
+    }
     let out = Command::new(exporter_bin())
         .args(["--total-shards=2", "--shard=2", "--config.check"])
         .output()
