@@ -135,21 +135,91 @@ impl Default for ServerOptions {
 #[error("{0:?} is not host:port")]
 pub struct ListenAddressError(pub String);
 
-/// The socket address a listen address (`--web.listen-address`) names, as Go exporters spell
-/// them: `:9877` is port 9877 on every IPv4 interface (`0.0.0.0:9877`); anything else is
-/// `host:port`, resolved, and its first address taken. Not yet the IPv6 half of SPEC's
-/// "every interface, IPv4 and IPv6 alike": that dual-stack bind is a change of its own.
-pub async fn resolve_listen_address(addr: &str) -> Result<SocketAddr, ListenAddressError> {
-    let full = if addr.starts_with(':') {
-        format!("0.0.0.0{addr}")
-    } else {
-        addr.to_owned()
-    };
-    tokio::net::lookup_host(&full)
+/// Where a listen address says to listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddress {
+    /// `:PORT` or `[::]:PORT`: every interface, IPv4 and IPv6 alike, on one dual-stack socket
+    /// (as Go exporters bind it).
+    Every(u16),
+    /// A resolved `host:port`.
+    Socket(SocketAddr),
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddress::Every(port) => write!(f, ":{port}"),
+            ListenAddress::Socket(addr) => addr.fmt(f),
+        }
+    }
+}
+
+/// What a listen address (`--web.listen-address`, `--callback.listen-address`) names, as Go
+/// exporters spell them: `:9877` is port 9877 on every interface; anything else is
+/// `host:port` (an IPv6 host in brackets), resolved, and its first address taken.
+pub async fn resolve_listen_address(addr: &str) -> Result<ListenAddress, ListenAddressError> {
+    let error = || ListenAddressError(addr.to_owned());
+    if let Some(port) = addr.strip_prefix(':') {
+        return port.parse().map(ListenAddress::Every).map_err(|_| error());
+    }
+    match tokio::net::lookup_host(addr)
         .await
         .ok()
         .and_then(|mut it| it.next())
-        .ok_or_else(|| ListenAddressError(addr.to_owned()))
+    {
+        Some(SocketAddr::V6(v6)) if v6.ip().is_unspecified() => Ok(ListenAddress::Every(v6.port())),
+        Some(socket) => Ok(ListenAddress::Socket(socket)),
+        None => Err(error()),
+    }
+}
+
+/// Binds a listener on `addr`. Must be called within a tokio runtime.
+///
+/// [`ListenAddress::Every`] is one IPv6 socket with `IPV6_V6ONLY` off, which takes IPv4
+/// connections too (as mapped addresses), whatever the host's `net.ipv6.bindv6only` default;
+/// on a host without IPv6 it falls back to `0.0.0.0`.
+pub fn bind(addr: ListenAddress) -> io::Result<TcpListener> {
+    let listener = match addr {
+        ListenAddress::Socket(socket) => bind_socket(socket, None)?,
+        ListenAddress::Every(port) => {
+            let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+            match bind_socket(any6, Some(false)) {
+                Ok(listener) => listener,
+                // Taken or forbidden: IPv4 would fail alike, and the IPv6 error says why.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied
+                    ) =>
+                {
+                    return Err(e);
+                }
+                Err(e) => {
+                    warn!(error = %e, port, "no IPv6 here: listening on IPv4 only");
+                    bind_socket(
+                        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)),
+                        None,
+                    )?
+                }
+            }
+        }
+    };
+    TcpListener::from_std(listener)
+}
+
+/// A listening socket as tokio's `TcpListener::bind` makes one (`SO_REUSEADDR`, so a restart
+/// need not wait out `TIME_WAIT`), with `IPV6_V6ONLY` set when `only_v6` says.
+fn bind_socket(addr: SocketAddr, only_v6: Option<bool>) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if let Some(only_v6) = only_v6 {
+        socket.set_only_v6(only_v6)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// State shared by every connection.
@@ -900,16 +970,26 @@ mod tests {
             resolve_listen_address(addr)
                 .await
                 .unwrap_or_else(|e| panic!("{addr}: {e}"))
-                .to_string()
         };
-        assert_eq!(resolved(":9877").await, "0.0.0.0:9877");
-        assert_eq!(resolved(":0").await, "0.0.0.0:0");
-        assert_eq!(resolved("127.0.0.1:9877").await, "127.0.0.1:9877");
-        assert_eq!(resolved("0.0.0.0:80").await, "0.0.0.0:80");
-        assert_eq!(resolved("[::1]:9877").await, "[::1]:9877");
-        assert_eq!(resolved("[::]:9877").await, "[::]:9877");
+        let socket = |s: &str| ListenAddress::Socket(s.parse().expect("a socket address"));
+        assert_eq!(resolved(":9877").await, ListenAddress::Every(9877));
+        assert_eq!(resolved(":0").await, ListenAddress::Every(0));
+        assert_eq!(resolved("[::]:9877").await, ListenAddress::Every(9877));
+        assert_eq!(resolved("127.0.0.1:9877").await, socket("127.0.0.1:9877"));
+        assert_eq!(resolved("0.0.0.0:80").await, socket("0.0.0.0:80"));
+        assert_eq!(resolved("[::1]:9877").await, socket("[::1]:9877"));
+        assert_eq!(resolved(":9877").await.to_string(), ":9877");
         // No host names among them: a lookup's answer depends on the machine's resolver.
-        for bad in ["", "9877", ":", ":port", ":99999", "127.0.0.1", "[::1]"] {
+        for bad in [
+            "",
+            "9877",
+            ":",
+            ":port",
+            ":99999",
+            ":-1",
+            "127.0.0.1",
+            "[::1]",
+        ] {
             assert_eq!(
                 resolve_listen_address(bad).await,
                 Err(ListenAddressError(bad.to_owned())),

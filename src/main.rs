@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use timattr_exporter::config;
@@ -39,7 +38,7 @@ struct Flags {
     /// Validate the config (and the secrets' presence), print the result, and exit 0 or 64.
     #[arg(long = "config.check")]
     config_check: bool,
-    /// Where /metrics is served (`:9877` means every interface).
+    /// Where /metrics is served (`:9877` means every interface, IPv4 and IPv6).
     #[arg(
         long = "web.listen-address",
         value_name = "ADDR",
@@ -234,9 +233,8 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
     let addr = http::resolve_listen_address(&flags.listen_address)
         .await
         .map_err(|e| Fatal::Usage(format!("--web.listen-address {e}")))?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| Fatal::Other(format!("cannot listen on {addr}: {e}")))?;
+    let listener =
+        http::bind(addr).map_err(|e| Fatal::Other(format!("cannot listen on {addr}: {e}")))?;
     let local = listener
         .local_addr()
         .map_err(|e| Fatal::Other(e.to_string()))?;
@@ -251,8 +249,7 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
             let addr = http::resolve_listen_address(address)
                 .await
                 .map_err(|e| Fatal::Usage(format!("--callback.listen-address {e}")))?;
-            let listener = TcpListener::bind(addr)
-                .await
+            let listener = http::bind(addr)
                 .map_err(|e| Fatal::Other(format!("cannot listen on {addr}: {e}")))?;
             let bound = listener
                 .local_addr()

@@ -680,6 +680,36 @@ async fn max_requests_zero_means_no_limit() {
     server.shutdown().await;
 }
 
+/// `:0` binds one socket that IPv4 and IPv6 clients both reach (SPEC: `:PORT` is every
+/// interface, IPv4 and IPv6 alike).
+#[tokio::test]
+async fn colon_port_serves_ipv4_and_ipv6_loopback() {
+    let addr = http::resolve_listen_address(":0").await.unwrap();
+    let listener = http::bind(addr).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let service: Arc<dyn Service> = Stub::new();
+    let task = tokio::spawn(http::serve(
+        listener,
+        ServerOptions::default(),
+        service,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = plain_client();
+    for host in ["127.0.0.1", "[::1]"] {
+        let r = client
+            .get(format!("http://{host}:{port}/-/healthy"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{host} not served: {e}"));
+        assert_eq!(r.status(), 200, "{host}");
+    }
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hardening: slowloris, garbage, connection cap
 
