@@ -24,7 +24,8 @@ const EXIT_USAGE: u8 = 64;
 #[derive(Debug, Parser)]
 #[command(
     name = "timattr_exporter",
-    version,
+    // `--version` is ours: Prometheus tools print revision, build date and toolchain too.
+    disable_version_flag = true,
     about = "Prometheus exporter for Tencent Cloud Chat (TIM) group custom attributes"
 )]
 struct Flags {
@@ -86,6 +87,22 @@ struct Flags {
     /// Run against a built-in simulated Tencent Chat API with sample groups; needs no config.
     #[arg(long = "demo")]
     demo: bool,
+    /// Print the version, revision, build date and toolchain, and exit.
+    #[arg(short = 'V', long = "version")]
+    version: bool,
+}
+
+/// What `--version` prints, in the layout of Prometheus' `version.Print`.
+fn version_text() -> String {
+    format!(
+        "timattr_exporter, version {} (revision: {})\n  build date:       {}\n  rust version:     rustc {}\n  platform:         {}/{}\n",
+        timattr_exporter::VERSION,
+        env!("TIMATTR_REVISION"),
+        env!("TIMATTR_BUILD_DATE"),
+        env!("TIMATTR_RUSTC_VERSION"),
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+    )
 }
 
 fn main() -> ExitCode {
@@ -97,6 +114,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if flags.version {
+        print!("{}", version_text());
+        return ExitCode::SUCCESS;
+    }
     logging::init(flags.log_level, flags.log_format);
     match real_main(flags) {
         Ok(()) => ExitCode::SUCCESS,

@@ -293,6 +293,47 @@ fn config_check_prints_the_result_without_secrets() {
     );
 }
 
+/// `--version` as Prometheus tools print it: version and revision, build date, toolchain.
+#[test]
+fn version_prints_revision_build_date_and_toolchain() {
+    for flag in ["--version", "-V"] {
+        let out = Command::new(exporter_bin()).arg(flag).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = stdout.lines().collect();
+        let head = format!(
+            "timattr_exporter, version {} (revision: ",
+            env!("CARGO_PKG_VERSION")
+        );
+        let revision = lines
+            .first()
+            .and_then(|l| l.strip_prefix(head.as_str()))
+            .and_then(|l| l.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{flag}: first line: {stdout}"));
+        assert!(!revision.is_empty(), "{stdout}");
+        let field = |name: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.trim_start().strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("{flag}: no {name}: {stdout}"))
+        };
+        let date = field("build date:");
+        let shape = date.len() == 20
+            && date.bytes().enumerate().all(|(i, b)| match i {
+                4 | 7 => b == b'-',
+                10 => b == b'T',
+                13 | 16 => b == b':',
+                19 => b == b'Z',
+                _ => b.is_ascii_digit(),
+            });
+        assert!(shape, "build date is RFC 3339 UTC: {date:?}");
+        assert!(field("rust version:").starts_with("rustc 1."), "{stdout}");
+        assert!(field("platform:").contains('/'), "{stdout}");
+        assert!(out.stderr.is_empty(), "no log on --version");
+    }
+}
+
 /// The binary with exactly `args` (no `--web.listen-address` added, unlike [`Exporter::start`]),
 /// once its startup line is logged; `addr` is the address it logged it listens on.
 fn start_with_args(args: &[&str]) -> Exporter {
