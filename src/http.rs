@@ -4,7 +4,9 @@
 //!
 //! The server never lets one client hold up another: connections are capped (over the cap a new
 //! connection is closed at once), a TLS handshake, the request head and each whole request have
-//! deadlines, idle connections are closed, and rendering and bcrypt run on the blocking pool.
+//! deadlines, idle connections are closed, `/metrics` renders in flight are capped
+//! (`--web.max-requests`: over the cap, 503 at once), and rendering and bcrypt run on the
+//! blocking pool (bcrypt one check at a time).
 //! Plaintext connections speak HTTP/1.1; TLS connections speak HTTP/2 too when ALPN picks it.
 
 use std::convert::Infallible;
