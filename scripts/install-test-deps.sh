@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the external tools the test command runs for real: promtool (golden /metrics lint),
-# prometheus, alertmanager/amtool and the blackbox exporter (end-to-end tests), and
-# cargo-audit (known-vulnerable dependencies). Idempotent: installs only what is missing from PATH. The apt part is
+# prometheus, alertmanager/amtool and the blackbox exporter (end-to-end tests), node and npm
+# (the UserSig check against Tencent's npm library), and cargo-audit (known-vulnerable
+# dependencies). Idempotent: installs only what is missing from PATH. The apt part is
 # Debian/Ubuntu only and needs root or sudo; cargo-audit goes to ~/.cargo/bin.
 set -eu
 
@@ -14,6 +15,14 @@ for tool in $APT_TOOLS; do
         break
     fi
 done
+# Debian's npm depends on Debian's nodejs: ask for both only when node itself is missing, so a
+# node from elsewhere (NodeSource ships npm inside nodejs) is left alone.
+if ! command -v node >/dev/null 2>&1; then
+    packages="$packages nodejs npm"
+elif ! command -v npm >/dev/null 2>&1; then
+    packages="$packages npm"
+fi
+
 if [ -n "$packages" ]; then
     echo "install-test-deps: installing:$packages"
     if [ "$(id -u)" -eq 0 ]; then
@@ -43,7 +52,7 @@ if ! cargo audit --version >/dev/null 2>&1; then
     cargo install --locked cargo-audit
 fi
 
-for tool in $APT_TOOLS; do
+for tool in $APT_TOOLS node npm; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         echo "install-test-deps: $tool still missing after install" >&2
         exit 1

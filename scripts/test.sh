@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need (Prometheus' promtool,
-# Alertmanager's amtool, blackbox_exporter from Debian, cargo-audit from
+# Alertmanager's amtool, blackbox_exporter, node and npm from Debian, cargo-audit from
 # crates.io; the npm UserSig reference library and the Kubernetes schema validator are fetched
 # by the tests that use them), then checks formatting, lints and known-vulnerable
 # dependencies, then runs every test. `.ci/run` calls exactly this.
