@@ -4,7 +4,9 @@
 //!
 //! The server never lets one client hold up another: connections are capped (over the cap a new
 //! connection is closed at once), a TLS handshake, the request head and each whole request have
-//! deadlines, idle connections are closed, and rendering and bcrypt run on the blocking pool.
+//! deadlines, idle connections are closed, `/metrics` renders in flight are capped
+//! (`--web.max-requests`: over the cap, 503 at once), and rendering and bcrypt run on the
+//! blocking pool (bcrypt one check at a time).
 //! Plaintext connections speak HTTP/1.1; TLS connections speak HTTP/2 too when ALPN picks it.
 
 use std::convert::Infallible;
@@ -26,7 +28,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
@@ -105,7 +107,13 @@ pub struct ServerOptions {
     pub idle_timeout: Duration,
     /// On shutdown, how long in-flight requests get to finish before connections are dropped.
     pub shutdown_grace: Duration,
+    /// `--web.max-requests`: `/metrics` renders at once; a scrape over it answers 503 at once
+    /// (node_exporter's limit). 0: no limit.
+    pub max_requests: usize,
 }
+
+/// `--web.max-requests`'s default, as node_exporter's.
+pub const DEFAULT_MAX_REQUESTS: usize = 40;
 
 impl Default for ServerOptions {
     fn default() -> Self {
@@ -118,6 +126,7 @@ impl Default for ServerOptions {
             request_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(5),
+            max_requests: DEFAULT_MAX_REQUESTS,
         }
     }
 }
@@ -128,21 +137,91 @@ impl Default for ServerOptions {
 #[error("{0:?} is not host:port")]
 pub struct ListenAddressError(pub String);
 
-/// The socket address a listen address (`--web.listen-address`) names, as Go exporters spell
-/// them: `:9877` is port 9877 on every IPv4 interface (`0.0.0.0:9877`); anything else is
-/// `host:port`, resolved, and its first address taken. Not yet the IPv6 half of SPEC's
-/// "every interface, IPv4 and IPv6 alike": that dual-stack bind is a change of its own.
-pub async fn resolve_listen_address(addr: &str) -> Result<SocketAddr, ListenAddressError> {
-    let full = if addr.starts_with(':') {
-        format!("0.0.0.0{addr}")
-    } else {
-        addr.to_owned()
-    };
-    tokio::net::lookup_host(&full)
+/// Where a listen address says to listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddress {
+    /// `:PORT` or `[::]:PORT`: every interface, IPv4 and IPv6 alike, on one dual-stack socket
+    /// (as Go exporters bind it).
+    Every(u16),
+    /// A resolved `host:port`.
+    Socket(SocketAddr),
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddress::Every(port) => write!(f, ":{port}"),
+            ListenAddress::Socket(addr) => addr.fmt(f),
+        }
+    }
+}
+
+/// What a listen address (`--web.listen-address`, `--callback.listen-address`) names, as Go
+/// exporters spell them: `:9877` is port 9877 on every interface; anything else is
+/// `host:port` (an IPv6 host in brackets), resolved, and its first address taken.
+pub async fn resolve_listen_address(addr: &str) -> Result<ListenAddress, ListenAddressError> {
+    let error = || ListenAddressError(addr.to_owned());
+    if let Some(port) = addr.strip_prefix(':') {
+        return port.parse().map(ListenAddress::Every).map_err(|_| error());
+    }
+    match tokio::net::lookup_host(addr)
         .await
         .ok()
         .and_then(|mut it| it.next())
-        .ok_or_else(|| ListenAddressError(addr.to_owned()))
+    {
+        Some(SocketAddr::V6(v6)) if v6.ip().is_unspecified() => Ok(ListenAddress::Every(v6.port())),
+        Some(socket) => Ok(ListenAddress::Socket(socket)),
+        None => Err(error()),
+    }
+}
+
+/// Binds a listener on `addr`. Must be called within a tokio runtime.
+///
+/// [`ListenAddress::Every`] is one IPv6 socket with `IPV6_V6ONLY` off, which takes IPv4
+/// connections too (as mapped addresses), whatever the host's `net.ipv6.bindv6only` default;
+/// on a host without IPv6 it falls back to `0.0.0.0`.
+pub fn bind(addr: ListenAddress) -> io::Result<TcpListener> {
+    let listener = match addr {
+        ListenAddress::Socket(socket) => bind_socket(socket, None)?,
+        ListenAddress::Every(port) => {
+            let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+            match bind_socket(any6, Some(false)) {
+                Ok(listener) => listener,
+                // Taken or forbidden: IPv4 would fail alike, and the IPv6 error says why.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied
+                    ) =>
+                {
+                    return Err(e);
+                }
+                Err(e) => {
+                    warn!(error = %e, port, "no IPv6 here: listening on IPv4 only");
+                    bind_socket(
+                        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)),
+                        None,
+                    )?
+                }
+            }
+        }
+    };
+    TcpListener::from_std(listener)
+}
+
+/// A listening socket as tokio's `TcpListener::bind` makes one (`SO_REUSEADDR`, so a restart
+/// need not wait out `TIME_WAIT`), with `IPV6_V6ONLY` set when `only_v6` says.
+fn bind_socket(addr: SocketAddr, only_v6: Option<bool>) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if let Some(only_v6) = only_v6 {
+        socket.set_only_v6(only_v6)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// State shared by every connection.
@@ -152,6 +231,8 @@ struct Shared {
     web: Option<Arc<WebConfigSource>>,
     auth: Authenticator,
     limiter: RateLimiter,
+    /// `/metrics` renders in flight (`max_requests`); `None` when unlimited.
+    renders: Option<Arc<Semaphore>>,
 }
 
 type Body = Full<Bytes>;
@@ -216,7 +297,10 @@ pub async fn serve(
         .map(|p| Arc::new(WebConfigSource::new(p)));
     let permits = Arc::new(Semaphore::new(options.max_connections));
     let grace = options.shutdown_grace;
+    let renders =
+        (options.max_requests > 0).then(|| Arc::new(Semaphore::new(options.max_requests)));
     let shared = Arc::new(Shared {
+        renders,
         options,
         site,
         web,
@@ -665,7 +749,18 @@ async fn route(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
         }
         Route::Metrics => {
             let gzip = accepts_gzip(request.headers());
-            metrics(Arc::clone(service), gzip).await
+            match render_slot(shared) {
+                Ok(permit) => metrics(Arc::clone(service), gzip, permit).await,
+                // As promhttp's MaxRequestsInFlight: refuse at once rather than queue, so
+                // piled-up scrapes cannot multiply the rendering work.
+                Err(_) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "Limit of concurrent requests reached ({}), try again later.\n",
+                        shared.options.max_requests
+                    ),
+                ),
+            }
         }
     };
     if method == Method::HEAD {
@@ -675,8 +770,23 @@ async fn route(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
     }
 }
 
-async fn metrics(service: Arc<dyn Service>, gzip: bool) -> Response<Body> {
+/// A `max_requests` slot for one render (`None` when unlimited), or `Err` when all are taken.
+fn render_slot(shared: &Shared) -> Result<Option<OwnedSemaphorePermit>, TryAcquireError> {
+    match &shared.renders {
+        None => Ok(None),
+        Some(renders) => Arc::clone(renders).try_acquire_owned().map(Some),
+    }
+}
+
+/// Renders on the blocking pool. `permit` (a `max_requests` slot) moves into the render, so a
+/// scrape that times out keeps its slot until the render it started really ends.
+async fn metrics(
+    service: Arc<dyn Service>,
+    gzip: bool,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Response<Body> {
     let rendered = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let text = service.render_metrics();
         if gzip { gzip_bytes(&text) } else { Ok(text) }
     })
@@ -862,16 +972,26 @@ mod tests {
             resolve_listen_address(addr)
                 .await
                 .unwrap_or_else(|e| panic!("{addr}: {e}"))
-                .to_string()
         };
-        assert_eq!(resolved(":9877").await, "0.0.0.0:9877");
-        assert_eq!(resolved(":0").await, "0.0.0.0:0");
-        assert_eq!(resolved("127.0.0.1:9877").await, "127.0.0.1:9877");
-        assert_eq!(resolved("0.0.0.0:80").await, "0.0.0.0:80");
-        assert_eq!(resolved("[::1]:9877").await, "[::1]:9877");
-        assert_eq!(resolved("[::]:9877").await, "[::]:9877");
+        let socket = |s: &str| ListenAddress::Socket(s.parse().expect("a socket address"));
+        assert_eq!(resolved(":9877").await, ListenAddress::Every(9877));
+        assert_eq!(resolved(":0").await, ListenAddress::Every(0));
+        assert_eq!(resolved("[::]:9877").await, ListenAddress::Every(9877));
+        assert_eq!(resolved("127.0.0.1:9877").await, socket("127.0.0.1:9877"));
+        assert_eq!(resolved("0.0.0.0:80").await, socket("0.0.0.0:80"));
+        assert_eq!(resolved("[::1]:9877").await, socket("[::1]:9877"));
+        assert_eq!(resolved(":9877").await.to_string(), ":9877");
         // No host names among them: a lookup's answer depends on the machine's resolver.
-        for bad in ["", "9877", ":", ":port", ":99999", "127.0.0.1", "[::1]"] {
+        for bad in [
+            "",
+            "9877",
+            ":",
+            ":port",
+            ":99999",
+            ":-1",
+            "127.0.0.1",
+            "[::1]",
+        ] {
             assert_eq!(
                 resolve_listen_address(bad).await,
                 Err(ListenAddressError(bad.to_owned())),

@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use timattr_exporter::config;
@@ -25,7 +24,8 @@ const EXIT_USAGE: u8 = 64;
 #[derive(Debug, Parser)]
 #[command(
     name = "timattr_exporter",
-    version,
+    // `--version` is ours: Prometheus tools print revision, build date and toolchain too.
+    disable_version_flag = true,
     about = "Prometheus exporter for Tencent Cloud Chat (TIM) group custom attributes"
 )]
 struct Flags {
@@ -39,7 +39,7 @@ struct Flags {
     /// Validate the config (and the secrets' presence), print the result, and exit 0 or 64.
     #[arg(long = "config.check")]
     config_check: bool,
-    /// Where /metrics is served (`:9877` means every interface).
+    /// Where /metrics is served (`:9877` means every interface, IPv4 and IPv6).
     #[arg(
         long = "web.listen-address",
         value_name = "ADDR",
@@ -58,6 +58,13 @@ struct Flags {
     /// logfmt or json.
     #[arg(long = "log.format", default_value = "logfmt")]
     log_format: LogFormat,
+    /// Concurrent /metrics requests served at once; more answer 503 (0: no limit).
+    #[arg(
+        long = "web.max-requests",
+        value_name = "N",
+        default_value_t = http::DEFAULT_MAX_REQUESTS
+    )]
+    max_requests: usize,
     /// Poll only the groups in shard N of --total-shards.
     #[arg(long = "shard", value_name = "N", default_value_t = 0)]
     shard: u32,
@@ -80,6 +87,22 @@ struct Flags {
     /// Run against a built-in simulated Tencent Chat API with sample groups; needs no config.
     #[arg(long = "demo")]
     demo: bool,
+    /// Print the version, revision, build date and toolchain, and exit.
+    #[arg(short = 'V', long = "version")]
+    version: bool,
+}
+
+/// What `--version` prints, in the layout of Prometheus' `version.Print`.
+fn version_text() -> String {
+    format!(
+        "timattr_exporter, version {} (revision: {})\n  build date:       {}\n  rust version:     rustc {}\n  platform:         {}/{}\n",
+        timattr_exporter::VERSION,
+        env!("TIMATTR_REVISION"),
+        env!("TIMATTR_BUILD_DATE"),
+        env!("TIMATTR_RUSTC_VERSION"),
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+    )
 }
 
 fn main() -> ExitCode {
@@ -91,6 +114,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if flags.version {
+        print!("{}", version_text());
+        return ExitCode::SUCCESS;
+    }
     logging::init(flags.log_level, flags.log_format);
     match real_main(flags) {
         Ok(()) => ExitCode::SUCCESS,
@@ -227,9 +254,8 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
     let addr = http::resolve_listen_address(&flags.listen_address)
         .await
         .map_err(|e| Fatal::Usage(format!("--web.listen-address {e}")))?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| Fatal::Other(format!("cannot listen on {addr}: {e}")))?;
+    let listener =
+        http::bind(addr).map_err(|e| Fatal::Other(format!("cannot listen on {addr}: {e}")))?;
     let local = listener
         .local_addr()
         .map_err(|e| Fatal::Other(e.to_string()))?;
@@ -244,8 +270,7 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
             let addr = http::resolve_listen_address(address)
                 .await
                 .map_err(|e| Fatal::Usage(format!("--callback.listen-address {e}")))?;
-            let listener = TcpListener::bind(addr)
-                .await
+            let listener = http::bind(addr)
                 .map_err(|e| Fatal::Other(format!("cannot listen on {addr}: {e}")))?;
             let bound = listener
                 .local_addr()
@@ -283,6 +308,7 @@ async fn async_main(flags: Flags, shard: Shard) -> Result<(), Fatal> {
         shard,
         server: ServerOptions {
             web_config_file: flags.web_config_file.clone(),
+            max_requests: flags.max_requests,
             ..ServerOptions::default()
         },
         build: build_info(),

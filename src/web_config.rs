@@ -22,7 +22,7 @@
 //! | `curve_preferences` | `X25519`, `CurveP256`, `CurveP384`; `CurveP521` is an error (not in rustls's ring provider) |
 //! | `http_server_config.http2` | yes, over TLS (ALPN `h2`); plaintext is HTTP/1.1 only, as in Go |
 //! | `http_server_config.headers` | the same fixed set exporter-toolkit allows, with its value checks |
-//! | `basic_auth_users` | yes, bcrypt (`$2a$`, `$2b$`, `$2x$`, `$2y$`), verified off the runtime and cached |
+//! | `basic_auth_users` | yes, bcrypt (`$2a$`, `$2b$`, `$2x$`, `$2y$`), verified off the runtime one at a time, results (failures too) cached |
 //! | `rate_limit.interval` / `burst` | yes: a token bucket for the whole server, 429 when empty |
 //!
 //! [exporter-toolkit]: https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md
@@ -44,8 +44,9 @@ use sha2::{Digest, Sha256};
 
 use crate::duration;
 
-/// How many successful basic-auth checks are remembered. A handful of scrapers and users need a
-/// few entries; the bound keeps a flood of distinct valid logins from growing memory.
+/// How many basic-auth results are remembered, successes and failures each. A handful of
+/// scrapers and users need a few entries; the bound keeps a flood of distinct logins from
+/// growing memory.
 const AUTH_CACHE_CAPACITY: usize = 1024;
 
 /// What a file naming a place in the config could not do, with that place.
@@ -762,14 +763,59 @@ fn build_rate_limit(raw: RawRateLimit, problems: &mut Vec<String>) -> Option<Rat
 }
 
 /// Checks basic-auth credentials against a config's users, the way exporter-toolkit does:
-/// bcrypt off the async runtime, a bounded number at a time, successful results cached.
+/// one bcrypt at a time, on the blocking pool, and every result cached, failures included.
+///
+/// bcrypt is deliberately slow (tens of milliseconds a check). With one check at a time and
+/// wrong answers remembered, a flood of bad passwords costs at most one core, and repeating the
+/// same wrong password costs a hash lookup; rendering and polling keep the other cores.
 pub struct Authenticator {
-    /// SHA-256 of (user, hash, password) for credentials that verified. Keying on the hash too
-    /// means a changed password in the file invalidates the entry by itself.
-    cache: Mutex<HashSet<[u8; 32]>>,
-    /// bcrypt is deliberately slow; bounding it keeps a flood of bad passwords from taking every
-    /// core away from rendering and polling.
-    bcrypt_permits: tokio::sync::Semaphore,
+    /// Results by [`cache_key`] (a SHA-256 of user, hash and password: no plaintext is kept).
+    /// Keying on the hash too means a changed password in the file invalidates entries by
+    /// itself.
+    cache: Arc<Mutex<AuthCache>>,
+    /// The one bcrypt permit. Moved into the blocking task, so a request that is abandoned
+    /// (timed out, disconnected) still holds it until its bcrypt really ends.
+    bcrypt: Arc<tokio::sync::Semaphore>,
+    stats: Arc<BcryptStats>,
+}
+
+/// Remembered results. Successes and failures are bounded apart, so a flood of wrong
+/// passwords can evict only other failures, never a scraper's good login.
+#[derive(Default)]
+struct AuthCache {
+    ok: HashSet<[u8; 32]>,
+    failed: HashSet<[u8; 32]>,
+}
+
+impl AuthCache {
+    fn get(&self, key: &[u8; 32]) -> Option<bool> {
+        if self.ok.contains(key) {
+            Some(true)
+        } else if self.failed.contains(key) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    fn insert(&mut self, key: [u8; 32], ok: bool) {
+        let set = if ok { &mut self.ok } else { &mut self.failed };
+        if set.len() >= AUTH_CACHE_CAPACITY {
+            // Any entry will do: a dropped one costs one bcrypt on its next use.
+            if let Some(victim) = set.iter().next().copied() {
+                set.remove(&victim);
+            }
+        }
+        set.insert(key);
+    }
+}
+
+/// bcrypt checks run so far and the most ever running at once (1 unless the lock is broken).
+#[derive(Default)]
+struct BcryptStats {
+    runs: std::sync::atomic::AtomicU64,
+    running: std::sync::atomic::AtomicUsize,
+    max_running: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Authenticator {
@@ -780,11 +826,23 @@ impl Default for Authenticator {
 
 impl Authenticator {
     pub fn new() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Authenticator {
-            cache: Mutex::new(HashSet::new()),
-            bcrypt_permits: tokio::sync::Semaphore::new(cores),
+            cache: Arc::new(Mutex::new(AuthCache::default())),
+            bcrypt: Arc::new(tokio::sync::Semaphore::new(1)),
+            stats: Arc::new(BcryptStats::default()),
         }
+    }
+
+    /// How many bcrypt checks have run (cache misses).
+    pub fn bcrypt_runs(&self) -> u64 {
+        self.stats.runs.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The most bcrypt checks ever running at the same time.
+    pub fn bcrypt_max_concurrent(&self) -> usize {
+        self.stats
+            .max_running
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether the request's `Authorization` header names a configured user with the right
@@ -801,32 +859,48 @@ impl Authenticator {
         // for a known user with a wrong password and does not reveal which user names exist.
         let hash = known.clone().unwrap_or_else(|| DUMMY_HASH.to_owned());
         let key = cache_key(&user, &hash, &password);
-        if known.is_some() && self.cache_lock().contains(&key) {
-            return true;
+        if let Some(ok) = self.cache_lock().get(&key) {
+            return ok && known.is_some();
         }
-        let Ok(_permit) = self.bcrypt_permits.acquire().await else {
+        let Ok(permit) = Arc::clone(&self.bcrypt).acquire_owned().await else {
             return false;
         };
-        let verified =
-            tokio::task::spawn_blocking(move || bcrypt::verify(&password, &hash).unwrap_or(false))
-                .await
-                .unwrap_or(false);
-        let ok = verified && known.is_some();
-        if ok {
-            let mut cache = self.cache_lock();
-            if cache.len() >= AUTH_CACHE_CAPACITY {
-                // Any entry will do: a dropped one costs one bcrypt on its next use.
-                if let Some(victim) = cache.iter().next().copied() {
-                    cache.remove(&victim);
-                }
-            }
-            cache.insert(key);
+        // Requests with the same credentials queued behind the one that just computed them.
+        if let Some(ok) = self.cache_lock().get(&key) {
+            return ok && known.is_some();
         }
-        ok
+        let (stats, cache) = (Arc::clone(&self.stats), Arc::clone(&self.cache));
+        tokio::task::spawn_blocking(move || {
+            let verified = stats.run(|| bcrypt::verify(&password, &hash).unwrap_or(false));
+            let ok = verified && known.is_some();
+            // Cached before the permit goes, so whoever waits for it finds the answer.
+            lock(&cache).insert(key, ok);
+            drop(permit);
+            ok
+        })
+        .await
+        .unwrap_or(false)
     }
 
-    fn cache_lock(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    fn cache_lock(&self) -> std::sync::MutexGuard<'_, AuthCache> {
+        lock(&self.cache)
+    }
+}
+
+fn lock(cache: &Mutex<AuthCache>) -> std::sync::MutexGuard<'_, AuthCache> {
+    // A panic while holding this lock leaves at worst a missing entry.
+    cache.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl BcryptStats {
+    fn run<T>(&self, check: impl FnOnce() -> T) -> T {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.runs.fetch_add(1, SeqCst);
+        let now = self.running.fetch_add(1, SeqCst) + 1;
+        self.max_running.fetch_max(now, SeqCst);
+        let result = check();
+        self.running.fetch_sub(1, SeqCst);
+        result
     }
 }
 

@@ -1,6 +1,6 @@
 //! The real binary against the fake API: startup log, metrics after polls, change counting,
 //! deleted (10010) and unreadable (10007) groups, reload by signal and by HTTP, SIGTERM, exit
-//! codes, `--config.check`, `--web.listen-address=:PORT` and `--demo`.
+//! codes, `--config.check`, `--web.listen-address=:PORT` (IPv4 and IPv6), `--version` and `--demo`.
 
 mod common;
 
@@ -247,6 +247,16 @@ fn bad_config_exits_64_naming_the_field() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
+    for bad in [
+        "--web.max-requests=-1",
+        "--web.max-requests=many",
+        "--web.max-requests=",
+    ] {
+        let out = Command::new(exporter_bin()).arg(bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--web.max-requests"), "{bad}: {stderr}");
+    }
     let out = Command::new(exporter_bin())
         .args(["--total-shards=2", "--shard=2", "--config.check"])
         .output()
@@ -283,6 +293,47 @@ fn config_check_prints_the_result_without_secrets() {
     );
 }
 
+/// `--version` as Prometheus tools print it: version and revision, build date, toolchain.
+#[test]
+fn version_prints_revision_build_date_and_toolchain() {
+    for flag in ["--version", "-V"] {
+        let out = Command::new(exporter_bin()).arg(flag).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = stdout.lines().collect();
+        let head = format!(
+            "timattr_exporter, version {} (revision: ",
+            env!("CARGO_PKG_VERSION")
+        );
+        let revision = lines
+            .first()
+            .and_then(|l| l.strip_prefix(head.as_str()))
+            .and_then(|l| l.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{flag}: first line: {stdout}"));
+        assert!(!revision.is_empty(), "{stdout}");
+        let field = |name: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.trim_start().strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("{flag}: no {name}: {stdout}"))
+        };
+        let date = field("build date:");
+        let shape = date.len() == 20
+            && date.bytes().enumerate().all(|(i, b)| match i {
+                4 | 7 => b == b'-',
+                10 => b == b'T',
+                13 | 16 => b == b':',
+                19 => b == b'Z',
+                _ => b.is_ascii_digit(),
+            });
+        assert!(shape, "build date is RFC 3339 UTC: {date:?}");
+        assert!(field("rust version:").starts_with("rustc 1."), "{stdout}");
+        assert!(field("platform:").contains('/'), "{stdout}");
+        assert!(out.stderr.is_empty(), "no log on --version");
+    }
+}
+
 /// The binary with exactly `args` (no `--web.listen-address` added, unlike [`Exporter::start`]),
 /// once its startup line is logged; `addr` is the address it logged it listens on.
 fn start_with_args(args: &[&str]) -> Exporter {
@@ -317,25 +368,71 @@ fn start_with_args(args: &[&str]) -> Exporter {
     exporter
 }
 
-/// `--web.listen-address=:PORT` listens on every interface, as Go exporters do.
+/// The port of a logged `host:port` (IPv6 hosts in brackets).
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr:?}"))
+}
+
+/// The status `path` answers on loopback `ip` at `port` (the server must answer on it).
+async fn status_at(ip: &str, port: u16, path: &str) -> u16 {
+    install_crypto();
+    let url = format!("http://{ip}:{port}{path}");
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(WAIT)
+        .build()
+        .expect("client")
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{url} not served: {e}"))
+        .status()
+        .as_u16()
+}
+
+/// `:PORT` listens on every interface, IPv4 and IPv6 alike, as Go exporters do (SPEC), for the
+/// metrics and the callbacks listener (they share the address syntax).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn colon_port_listens_on_every_interface() {
+async fn colon_port_listens_on_ipv4_and_ipv6() {
     let server = fake_with_app().await;
     group(&server, "@TGS#a", &[("k", "v")]);
     let cfg = ConfigDir::new(server.base_url().as_str(), &["@TGS#a"], "");
     let config_flag = format!("--config.file={}", cfg.path().display());
-    let mut exporter = start_with_args(&[&config_flag, "--web.listen-address=:0"]);
-    let port = exporter
-        .addr
-        .strip_prefix("0.0.0.0:")
-        .unwrap_or_else(|| panic!("not every interface: {}", exporter.addr))
-        .to_owned();
-    exporter.addr = format!("127.0.0.1:{port}");
-    let status = reqwest::get(exporter.url("/-/healthy"))
-        .await
-        .expect("served on loopback")
-        .status();
-    assert_eq!(status, 200);
+    let mut exporter = start_with_args(&[
+        &config_flag,
+        "--web.listen-address=:0",
+        "--callback.listen-address=:0",
+    ]);
+    let port = port_of(&exporter.addr);
+    let callbacks = exporter
+        .wait_for_log("receiving callbacks", WAIT)
+        .and_then(|line| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix("callback_listen_address="))
+                .map(|a| port_of(a.trim_matches('"')))
+        })
+        .unwrap_or_else(|| panic!("no callback address logged: {}", exporter.logs()));
+    for ip in ["127.0.0.1", "[::1]"] {
+        assert_eq!(status_at(ip, port, "/-/healthy").await, 200, "{ip}");
+        // The callbacks listener serves POST /callback only: a 405 shows it answers here.
+        assert_eq!(status_at(ip, callbacks, "/callback").await, 405, "{ip}");
+    }
+    exporter.signal("TERM");
+    assert_eq!(exporter.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+/// An IPv6 address in brackets is a listen address like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bracketed_ipv6_listen_address() {
+    let server = fake_with_app().await;
+    let cfg = ConfigDir::new(server.base_url().as_str(), &["@TGS#a"], "");
+    let config_flag = format!("--config.file={}", cfg.path().display());
+    let mut exporter = start_with_args(&[&config_flag, "--web.listen-address=[::1]:0"]);
+    assert!(exporter.addr.starts_with("[::1]:"), "{}", exporter.addr);
+    let port = port_of(&exporter.addr);
+    assert_eq!(status_at("[::1]", port, "/-/healthy").await, 200);
     exporter.signal("TERM");
     assert_eq!(exporter.wait_exit(Duration::from_secs(10)), Some(0));
 }

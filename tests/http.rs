@@ -36,6 +36,9 @@ struct Stub {
     render_delay: Mutex<Duration>,
     /// Told when a render starts.
     render_started: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    /// While true, renders wait (after telling `render_started`) until [`Stub::release`].
+    hold: Mutex<bool>,
+    released: std::sync::Condvar,
 }
 
 impl Stub {
@@ -47,8 +50,40 @@ impl Stub {
             reloads: AtomicU64::new(0),
             render_delay: Mutex::new(Duration::ZERO),
             render_started: Mutex::new(None),
+            hold: Mutex::new(false),
+            released: std::sync::Condvar::new(),
         })
     }
+
+    /// Holds every render from now on until [`Stub::release`]; returns a receiver told when
+    /// each render starts.
+    fn hold(&self) -> std::sync::mpsc::Receiver<()> {
+        *self.hold.lock().unwrap() = true;
+        let (tx, rx) = std::sync::mpsc::channel();
+        *self.render_started.lock().unwrap() = Some(tx);
+        rx
+    }
+
+    fn release(&self) {
+        *self.hold.lock().unwrap() = false;
+        self.released.notify_all();
+    }
+}
+
+/// Waits (off the runtime) until `n` renders have started.
+async fn renders_started(
+    rx: std::sync::mpsc::Receiver<()>,
+    n: usize,
+) -> std::sync::mpsc::Receiver<()> {
+    tokio::task::spawn_blocking(move || {
+        for i in 0..n {
+            rx.recv_timeout(PROMPT)
+                .unwrap_or_else(|_| panic!("render {} of {n} did not start", i + 1));
+        }
+        rx
+    })
+    .await
+    .unwrap()
 }
 
 impl Service for Stub {
@@ -57,6 +92,14 @@ impl Service for Stub {
         if let Some(tx) = &*self.render_started.lock().unwrap() {
             let _ = tx.send(());
         }
+        // Bounded, so a failing test ends instead of hanging in the runtime's drop, which waits
+        // for blocking tasks.
+        let held = self.hold.lock().unwrap();
+        drop(
+            self.released
+                .wait_timeout_while(held, 3 * PROMPT, |held| *held)
+                .unwrap(),
+        );
         let delay = *self.render_delay.lock().unwrap();
         if !delay.is_zero() {
             std::thread::sleep(delay);
@@ -564,6 +607,107 @@ async fn shutdown_lets_an_in_flight_scrape_finish() {
         TcpStream::connect(addr).await.is_err(),
         "no longer listening"
     );
+}
+
+/// `--web.max-requests` (SPEC): with 1, a scrape arriving while a render is held answers 503 at
+/// once, other endpoints still answer, and the slot frees when the render ends.
+#[tokio::test]
+async fn max_requests_refuses_scrapes_over_the_limit_with_503() {
+    let stub = Stub::new();
+    let started = stub.hold();
+    let options = ServerOptions {
+        max_requests: 1,
+        ..ServerOptions::default()
+    };
+    let server = Server::start(options, Arc::clone(&stub)).await;
+    let client = plain_client();
+    let url = server.url("/metrics");
+    let first = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move { client.get(url).send().await }
+    });
+    let started = renders_started(started, 1).await;
+
+    let second = client.get(&url).send().await.unwrap();
+    assert_eq!(second.status(), 503);
+    let body = second.text().await.unwrap();
+    assert!(
+        body.contains("Limit of concurrent requests reached (1)"),
+        "{body}"
+    );
+    let healthy = client.get(server.url("/-/healthy")).send().await.unwrap();
+    assert_eq!(healthy.status(), 200, "only /metrics counts");
+    assert_eq!(
+        stub.renders.load(Ordering::SeqCst),
+        1,
+        "the refused scrape rendered nothing"
+    );
+
+    stub.release();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(first.text().await.unwrap().contains("stub_renders_total 1"));
+    drop(started);
+    let third = client.get(&url).send().await.unwrap();
+    assert_eq!(third.status(), 200, "the slot is free again");
+    server.shutdown().await;
+}
+
+/// `--web.max-requests=0`: no limit; many held renders run at once.
+#[tokio::test]
+async fn max_requests_zero_means_no_limit() {
+    const SCRAPES: usize = 6;
+    let stub = Stub::new();
+    let started = stub.hold();
+    let options = ServerOptions {
+        max_requests: 0,
+        ..ServerOptions::default()
+    };
+    let server = Server::start(options, Arc::clone(&stub)).await;
+    let client = plain_client();
+    let scrapes: Vec<_> = (0..SCRAPES)
+        .map(|_| {
+            let (client, url) = (client.clone(), server.url("/metrics"));
+            tokio::spawn(async move { client.get(url).send().await })
+        })
+        .collect();
+    // Every render started while all are held: they run at once, none was refused.
+    let _started = renders_started(started, SCRAPES).await;
+    stub.release();
+    for scrape in scrapes {
+        assert_eq!(scrape.await.unwrap().unwrap().status(), 200);
+    }
+    server.shutdown().await;
+}
+
+/// `:0` binds one socket that IPv4 and IPv6 clients both reach (SPEC: `:PORT` is every
+/// interface, IPv4 and IPv6 alike).
+#[tokio::test]
+async fn colon_port_serves_ipv4_and_ipv6_loopback() {
+    let addr = http::resolve_listen_address(":0").await.unwrap();
+    let listener = http::bind(addr).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let service: Arc<dyn Service> = Stub::new();
+    let task = tokio::spawn(http::serve(
+        listener,
+        ServerOptions::default(),
+        service,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = plain_client();
+    for host in ["127.0.0.1", "[::1]"] {
+        let r = client
+            .get(format!("http://{host}:{port}/-/healthy"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{host} not served: {e}"));
+        assert_eq!(r.status(), 200, "{host}");
+    }
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -334,3 +334,89 @@ fn source_reloads_only_on_change() {
         "a broken file is an error, not the cached config"
     );
 }
+
+fn basic(user: &str, password: &str) -> http::HeaderValue {
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    http::HeaderValue::from_str(&format!("Basic {token}")).expect("base64 is a valid header")
+}
+
+/// A flood of wrong passwords costs one bcrypt at a time (at most one core), each distinct
+/// login is checked once (failures are cached too), and the right password still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bcrypt_runs_one_at_a_time_and_caches_failures() {
+    const FLOOD: usize = 8;
+    // Cost 6: slow enough that checks released together would overlap, quick in debug builds.
+    let hash = bcrypt::hash("right", 6).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("web.yml");
+    std::fs::write(&path, format!("basic_auth_users:\n  alice: '{hash}'\n")).unwrap();
+    let config = std::sync::Arc::new(web_config::load(&path).unwrap());
+    let auth = std::sync::Arc::new(web_config::Authenticator::new());
+    let flood = |passwords: Vec<String>| {
+        let mut tasks = tokio::task::JoinSet::new();
+        for password in passwords {
+            let (auth, config) = (auth.clone(), config.clone());
+            tasks.spawn(async move {
+                auth.authorize(&config, Some(&basic("alice", &password)))
+                    .await
+            });
+        }
+        tasks.join_all()
+    };
+
+    let answers = flood((0..FLOOD).map(|i| format!("wrong{i}")).collect()).await;
+    assert_eq!(answers, vec![false; FLOOD]);
+    assert_eq!(
+        auth.bcrypt_runs(),
+        FLOOD as u64,
+        "each distinct login checked once"
+    );
+    assert_eq!(auth.bcrypt_max_concurrent(), 1, "never two bcrypts at once");
+
+    // The same wrong password again, alone or many at once: answered from the cache.
+    assert!(
+        !auth
+            .authorize(&config, Some(&basic("alice", "wrong0")))
+            .await
+    );
+    let answers = flood(vec!["again".to_owned(); FLOOD]).await;
+    assert_eq!(answers, vec![false; FLOOD]);
+    assert_eq!(
+        auth.bcrypt_runs(),
+        FLOOD as u64 + 1,
+        "one check for {FLOOD} identical logins"
+    );
+
+    // The right password works, and keeps working from the cache; wrong ones stay 401.
+    assert!(
+        auth.authorize(&config, Some(&basic("alice", "right")))
+            .await
+    );
+    assert!(
+        auth.authorize(&config, Some(&basic("alice", "right")))
+            .await
+    );
+    assert_eq!(auth.bcrypt_runs(), FLOOD as u64 + 2);
+    assert!(
+        !auth
+            .authorize(&config, Some(&basic("alice", "wrong1")))
+            .await
+    );
+    assert!(
+        !auth
+            .authorize(&config, Some(&basic("mallory", "right")))
+            .await
+    );
+    assert!(
+        !auth
+            .authorize(&config, Some(&basic("mallory", "right")))
+            .await
+    );
+    assert_eq!(
+        auth.bcrypt_runs(),
+        FLOOD as u64 + 3,
+        "unknown users cached too"
+    );
+    assert_eq!(auth.bcrypt_max_concurrent(), 1);
+}
