@@ -168,24 +168,52 @@ async fn reloads_by_signal_and_http_and_exits_0_on_sigterm() {
     .await
     .expect("ready");
     let a = [("group_id", "@TGS#a")];
+    let modified = [("group_id", "@TGS#a"), ("change", "modified")];
     eventually(WAIT, || async {
         let t = scrape(&url).await;
         (value(&t, "timattr_group_up", &a) == Some(1.0)).then_some(())
     })
     .await
     .expect("a polled");
+    // A change of a is counted before the reload, so that there is a counter to keep.
+    server
+        .fake
+        .set_attrs(APP, "@TGS#a", &[("k", "v2")])
+        .unwrap();
+    eventually(WAIT, || async {
+        let t = scrape(&url).await;
+        (value(&t, "timattr_group_attribute_changes_total", &modified) == Some(1.0)).then_some(())
+    })
+    .await
+    .expect("a's change counted");
+    let a_success_before = value(
+        &scrape(&url).await,
+        "timattr_group_last_success_timestamp_seconds",
+        &a,
+    )
+    .expect("a has succeeded");
 
     // SIGHUP with a second group added: the first keeps its counters, the second appears.
     cfg.write(server.base_url().as_str(), &["@TGS#a", "@TGS#b"], "");
     exporter.signal("HUP");
-    eventually(WAIT, || async {
+    let t = eventually(WAIT, || async {
         let t = scrape(&url).await;
         (value(&t, "timattr_group_up", &[("group_id", "@TGS#b")]) == Some(1.0)
             && value(&t, "timattr_groups", &[]) == Some(2.0))
-        .then_some(())
+        .then_some(t)
     })
     .await
     .expect("reload by SIGHUP applied");
+    assert_eq!(
+        value(&t, "timattr_group_attribute_changes_total", &modified),
+        Some(1.0),
+        "a's change counter survived the reload"
+    );
+    assert!(
+        value(&t, "timattr_group_last_success_timestamp_seconds", &a)
+            .is_some_and(|ts| ts >= a_success_before),
+        "a's series survived the reload"
+    );
 
     // A bad config over HTTP: 500 with the error text, the old config keeps running.
     std::fs::write(cfg.path(), "apps: []\nbogus: 1\n").unwrap();
@@ -257,11 +285,29 @@ fn bad_config_exits_64_naming_the_field() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("--web.max-requests"), "{bad}: {stderr}");
     }
+    // With a valid config, so that the 64 is the shard check's and not a missing file's.
+    let cfg = ConfigDir::new("http://127.0.0.1:9/", &["@TGS#a"], "");
+    let config = format!("--config.file={}", cfg.path().display());
     let out = Command::new(exporter_bin())
-        .args(["--total-shards=2", "--shard=2", "--config.check"])
+        .args([config.as_str(), "--config.check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "the config itself is valid");
+    let out = Command::new(exporter_bin())
+        .args([
+            config.as_str(),
+            "--total-shards=2",
+            "--shard=2",
+            "--config.check",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("shard 2 is out of range for --total-shards 2"),
+        "{stderr}"
+    );
 }
 
 #[test]
