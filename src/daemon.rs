@@ -363,12 +363,24 @@ pub async fn run(
     metrics.set_shard(options.shard.ordinal, options.shard.total);
     let store = Arc::new(Store::new());
     if let Some(path) = &options.config.state_file {
-        match state_file::read_state_file(path) {
-            Ok(persisted) => {
+        // On the blocking pool and under a deadline: a FIFO or a hung mount at the path costs
+        // one blocking thread, not the start (the state file is never fatal).
+        let read = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || state_file::read_state_file(&path))
+        };
+        match tokio::time::timeout(auto_reload::READ_TIMEOUT, read).await {
+            Ok(Ok(Ok(persisted))) => {
                 store.seed_from(persisted);
                 info!(path = %path.display(), "state file loaded");
             }
-            Err(e) => warn!(path = %path.display(), error = %e, "state file ignored"),
+            Ok(Ok(Err(e))) => warn!(path = %path.display(), error = %e, "state file ignored"),
+            Ok(Err(e)) => warn!(path = %path.display(), error = %e, "state file ignored"),
+            Err(_) => warn!(
+                path = %path.display(),
+                timeout_seconds = auto_reload::READ_TIMEOUT.as_secs(),
+                "state file ignored: reading it did not finish in time"
+            ),
         }
     }
     let daemon = Arc::new(Daemon {
@@ -501,8 +513,16 @@ pub async fn run(
         let _ = watcher.await;
     }
     {
+        // Bounded too: a hung mount must not hold the exit (SPEC: exit 0 after a clean
+        // shutdown); the write either lands whole or not at all (temporary file and rename).
         let d = Arc::clone(&daemon);
-        let _ = tokio::task::spawn_blocking(move || d.write_state()).await;
+        let write = tokio::task::spawn_blocking(move || d.write_state());
+        if tokio::time::timeout(auto_reload::READ_TIMEOUT, write).await.is_err() {
+            warn!(
+                timeout_seconds = auto_reload::READ_TIMEOUT.as_secs(),
+                "the state file write at shutdown did not finish in time; exiting without it"
+            );
+        }
     }
     if let Some(callbacks) = callbacks {
         callbacks.await?;

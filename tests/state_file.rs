@@ -453,3 +453,27 @@ async fn an_unwritable_state_file_warns_at_shutdown_and_still_exits_0() {
         "a failed write cleans up"
     );
 }
+
+/// A state file path that blocks reads (a FIFO nobody writes, as a hung mount would) holds the
+/// start no longer than the read's deadline (polling waits for the seeds, which a change made
+/// while down needs): the file is ignored with a warning, polling starts, and the shutdown
+/// write replaces the FIFO with a real state file. Before, the exporter never polled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_that_blocks_reads_is_skipped_at_start() {
+    let server = fake_with_app().await;
+    group(&server, G, &[("k", "v")]);
+    let cfg = ConfigDir::new(server.base_url().as_str(), &[G], "state_file: state.json\n");
+    let state = state_path(&cfg);
+    let made = Command::new("mkfifo").arg(&state).status().expect("mkfifo runs");
+    assert!(made.success());
+    let mut exporter = Exporter::start(&cfg.path(), &[]);
+    polled_beyond(&server, &exporter, 1).await;
+    let warned = exporter
+        .wait_for_log("state file ignored", WAIT)
+        .unwrap_or_else(|| panic!("no warning: {}", exporter.logs()));
+    assert!(warned.contains("did not finish in time"), "{warned}");
+    exporter.signal("TERM");
+    assert_eq!(exporter.wait_exit(WAIT), Some(0), "{}", exporter.logs());
+    let persisted = read_state_file(&state).expect("the shutdown wrote a real state file");
+    assert!(group_in(&persisted, G).is_some());
+}
