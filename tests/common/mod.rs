@@ -192,9 +192,17 @@ pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// `GET url`'s body. Bounded by a timeout: a server that accepts and never answers fails the
+/// test instead of hanging it.
 pub async fn scrape(url: &str) -> String {
     install_crypto();
-    reqwest::get(url)
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("a client");
+    client
+        .get(url)
+        .send()
         .await
         .expect("scrape")
         .text()
