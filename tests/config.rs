@@ -550,7 +550,7 @@ const ERROR_CASES: &[Case] = &[
         "apps[0].secrt_key_file: unknown key; did you mean secret_key_file? allowed here: \
          sdkappid, region, endpoint, allow_insecure_http, identifier, secret_key_file, \
          secret_key_env, secret_key, callback_token_file, callback_token_env, callback_token, usersig_ttl, \
-         rate_limit, max_concurrency, timeout, labels, ignore_keys, groups, \
+         rate_limit, max_concurrency, timeout, tls_ca_file, tls_cert_file, tls_key_file, labels, ignore_keys, groups, \
          discover",
     ),
     // labels, ignore_keys, exclude_metrics.
