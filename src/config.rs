@@ -767,6 +767,15 @@ impl Walk<'_> {
         let secret = self.secret(&f, "secret_key", true);
         let callback_token = self.secret(&f, "callback_token", false);
         let tls = self.tls(&f);
+        if let (Some(url), Some((tls, _))) = (&base_url, &tls)
+            && url.scheme() == "http"
+            && *tls != ClientTls::default()
+        {
+            self.warn(
+                &f.path_of("endpoint"),
+                "is plain http: tls_ca_file, tls_cert_file and tls_key_file have no effect",
+            );
+        }
 
         let usersig_ttl = self.usersig_ttl(&f);
 

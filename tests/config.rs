@@ -1547,7 +1547,10 @@ fn tls_files() {
     assert_eq!(app.tls.ca_certs.as_ref().map(Vec::len), Some(1));
     assert_eq!(app.tls.identity.as_ref().map(|id| id.chain.len()), Some(1));
     assert_eq!(app.tls_files.ca_file, Some(dir.path().join("ca.pem")));
-    assert!(!format!("{app:?}").contains(pem_body(&pems.key)[0]));
+    assert!(
+        format!("{app:?}").contains("key: ClientKey(<redacted>)"),
+        "the key's Debug is redacted"
+    );
     assert_eq!(
         timattr_exporter::auto_reload::named_files(&loaded.config)[..],
         [
@@ -1564,6 +1567,20 @@ fn tls_files() {
              tls_cert_file: {shown}/client.pem\n"
         )),
         "{summary}"
+    );
+    // Over plain http they can do nothing: a warning.
+    let loaded = parse_in(&[
+        ("region", None),
+        ("endpoint", Some("http://127.0.0.1:8080")),
+        ("tls_ca_file", Some("ca.pem")),
+    ])
+    .expect("valid");
+    assert_eq!(
+        loaded.warnings,
+        [
+            "apps[0].endpoint: is plain http: tls_ca_file, tls_cert_file and tls_key_file have no \
+          effect"
+        ]
     );
     // Without them, the system roots and no client certificate.
     let plain = parse_in(&[]).expect("valid");
