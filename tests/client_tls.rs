@@ -5,7 +5,8 @@
 //! - a client certificate is presented when configured, and an endpoint that requires one
 //!   refuses the client without it;
 //! - through the binary: a CA file rotated under the same name applies with
-//!   `--config.auto-reload-interval`, with no change to the config file.
+//!   `--config.auto-reload-interval`, with no change to the config file; `--config.check`
+//!   names the files and refuses bad ones at their place, never printing the key.
 
 mod common;
 
@@ -361,4 +362,77 @@ async fn a_rotated_ca_file_applies_on_auto_reload() {
         "the key is in the log"
     );
     drop(server);
+}
+
+/// `--config.check` with the TLS files: the summary names them; a key where the CA bundle
+/// should be, or a key that is not the certificate's, is refused at its place (exit 64) without
+/// a line of the key in the output.
+#[test]
+fn config_check_names_the_files_and_never_prints_the_key() {
+    let ca = Ca::new("corporate proxy CA");
+    let (cert, key) = ca.leaf("exporter", ExtendedKeyUsagePurpose::ClientAuth);
+    let (_, other_key) = ca.leaf("someone else", ExtendedKeyUsagePurpose::ClientAuth);
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, content: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    };
+    file("key", &format!("{KEY}\n"));
+    file("ca.pem", &ca.pem());
+    file("client.pem", &cert);
+    file("client.key", &key);
+    file("other.key", &other_key);
+    let check = |ca_file: &str, key_file: &str| {
+        file(
+            "timattr.yml",
+            &format!(
+                "apps:\n  - sdkappid: {APP}\n    endpoint: https://127.0.0.1:9/\n    identifier: \
+                 {ADMIN}\n    secret_key_file: key\n    tls_ca_file: {ca_file}\n    \
+                 tls_cert_file: client.pem\n    tls_key_file: {key_file}\n    groups: \
+                 [\"{GROUP}\"]\n"
+            ),
+        );
+        let out = std::process::Command::new(exporter_bin())
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("timattr.yml").display()
+            ))
+            .arg("--config.check")
+            .arg("--log.level=debug")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for secret in [key.as_str(), other_key.as_str()] {
+            for line in secret.lines().filter(|l| !l.starts_with("-----")) {
+                assert!(!text.contains(line), "a key line in the output: {text}");
+            }
+        }
+        (out.status.code(), text)
+    };
+    let (code, text) = check("ca.pem", "client.key");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("tls_ca_file: ")
+            && text.contains("(1 certificate(s), instead of the system roots)"),
+        "{text}"
+    );
+    let (code, text) = check("client.key", "other.key");
+    assert_eq!(code, Some(64), "{text}");
+    assert!(
+        text.contains("apps[0].tls_ca_file: the file it names holds no PEM certificate"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "apps[0].tls_key_file: the private key does not match the first certificate in \
+             tls_cert_file"
+        ),
+        "{text}"
+    );
 }
