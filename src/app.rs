@@ -365,7 +365,7 @@ impl Owner {
                     self.client = client;
                     info!(
                         sdkappid = self.sdkappid,
-                        "client rebuilt for the new endpoint, credentials or timeouts"
+                        "client rebuilt for the new endpoint, credentials, TLS settings or timeouts"
                     );
                 }
                 Err(e) => {
@@ -551,6 +551,7 @@ fn build_client(
         timeout: app.timeout,
         max_concurrency: app.max_concurrency,
         retry: RetryPolicy::default(),
+        tls: app.tls.clone(),
     };
     let client = Client::new(
         settings,
@@ -602,13 +603,15 @@ pub fn without_groups(app: &AppConfig) -> AppConfig {
 }
 
 /// Whether a running client can keep serving an app after a reload (only the quota, the
-/// concurrency, the group list or discovery changed).
+/// concurrency, the group list or discovery changed). TLS settings compare by the certificates'
+/// and key's bytes, not the file names: a CA rotated under the same name rebuilds the client.
 fn same_client(old: &AppConfig, new: &AppConfig) -> bool {
     old.base_url == new.base_url
         && old.identifier == new.identifier
         && old.secret_key == new.secret_key
         && old.usersig_ttl == new.usersig_ttl
         && old.timeout == new.timeout
+        && old.tls == new.tls
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -4,7 +4,8 @@
 //! without a shell in the image to send SIGHUP.
 //!
 //! What is compared is a [`Fingerprint`]: a SHA-256 over the config file's bytes and, for every
-//! app, the bytes of its `secret_key_file` and `callback_token_file`. It is taken before each
+//! app, the bytes of its `secret_key_file`, `callback_token_file` and `tls_*_file`s (a CA
+//! rotated in a mounted Secret applies like a rotated key). It is taken before each
 //! reload reads the files (so a change made while a reload runs is seen at the next tick, never
 //! lost) and kept only when that reload succeeded: a bad config is retried every interval, and
 //! `timattr_config_last_reload_successful` stays 0 until it is fixed.
@@ -42,6 +43,9 @@ pub fn named_files(config: &Config) -> Vec<PathBuf> {
             [
                 file(Some(&app.secret_source)),
                 file(app.callback_token_source.as_ref()),
+                app.tls_files.ca_file.clone(),
+                app.tls_files.cert_file.clone(),
+                app.tls_files.key_file.clone(),
             ]
         })
         .flatten()

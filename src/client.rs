@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use crate::client_tls::ClientTls;
 use crate::error_code::{self, ErrorClass};
 use crate::observe::{Api, ApiObserver};
 use crate::outcome::{ApiError, Attributes, FailureReason, Outcome};
@@ -104,6 +105,8 @@ pub struct ClientSettings {
     /// HTTP requests in flight at once for this app.
     pub max_concurrency: usize,
     pub retry: RetryPolicy,
+    /// The CA certificates trusted instead of the system roots, and a client certificate.
+    pub tls: ClientTls,
 }
 
 /// A call ended without an outcome: the exporter is stopping and no further request was sent.
@@ -247,6 +250,33 @@ impl Failure {
             FailureReason::InvalidResponse => false,
         }
     }
+}
+
+/// Applies an app's `tls_ca_file` and client certificate; without them reqwest's platform
+/// verifier trusts the system roots (and `SSL_CERT_FILE`).
+fn with_tls(
+    builder: reqwest::ClientBuilder,
+    tls: &ClientTls,
+) -> Result<reqwest::ClientBuilder, ClientError> {
+    let mut builder = builder;
+    if let Some(certs) = &tls.ca_certs {
+        let roots = certs
+            .iter()
+            .map(|c| reqwest::Certificate::from_der(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::Http(describe(e)))?;
+        // Only these, as Prometheus' `tls_config.ca_file`: a TLS-inspecting proxy's CA is
+        // what the operator means to trust for this endpoint.
+        builder = builder.tls_certs_only(roots);
+    }
+    if let Some(identity) = &tls.identity {
+        // reqwest's rustls backend takes a client certificate only as PEM. Its error never
+        // quotes the key.
+        let identity = reqwest::Identity::from_pem(&identity.to_pem())
+            .map_err(|e| ClientError::Http(describe(e)))?;
+        builder = builder.identity(identity);
+    }
+    Ok(builder)
 }
 
 /// Renders a reqwest error for a log line: without its URL (which carries the UserSig in its
@@ -396,7 +426,8 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             // The exporter retries by its own policy (SPEC, through the rate limiter); reqwest's
             // layer would only clone every request for HTTP/2 refusals it never sees here.
-            .retry(reqwest::retry::never())
+            .retry(reqwest::retry::never());
+        let http = with_tls(http, &settings.tls)?
             .build()
             .map_err(|e| ClientError::Http(describe(e)))?;
         Ok(Client {
@@ -963,6 +994,7 @@ mod tests {
                 timeout: Duration::from_secs(5),
                 max_concurrency: 4,
                 retry: RetryPolicy::default(),
+                tls: ClientTls::default(),
             },
             Arc::new(RateLimiter::new(1000.0)),
             Arc::new(crate::observe::NoopObserver),

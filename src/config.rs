@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde_yaml::Value;
 use url::{Host, Url};
 
+use crate::client_tls::{self, ClientTls};
 use crate::duration;
 use crate::metrics::ValueHashes;
 use crate::pattern::Patterns;
@@ -70,6 +71,9 @@ pub const MIN_DISCOVER_REFRESH: Duration = Duration::from_secs(1);
 pub const MAX_GROUP_ID_BYTES: usize = 48;
 /// A secret file larger than this is not a SecretKey (they are 64 hex digits): reading stops.
 pub const MAX_SECRET_FILE_BYTES: u64 = 4096;
+/// `tls_ca_file`, `tls_cert_file` and `tls_key_file` larger than this are refused: the
+/// system's whole CA bundle is about 200 KB.
+pub const MAX_TLS_FILE_BYTES: u64 = 1 << 20;
 /// The `GroupType` filters `get_appid_group_list` accepts.
 pub const GROUP_TYPES: [&str; 6] = [
     "Public",
@@ -106,6 +110,9 @@ const APP_KEYS: &[&str] = &[
     "rate_limit",
     "max_concurrency",
     "timeout",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
     "labels",
     "ignore_keys",
     "groups",
@@ -156,6 +163,11 @@ pub struct AppConfig {
     pub timeout: Duration,
     /// Whether `endpoint` may be plain http to a non-loopback host.
     pub allow_insecure_http: bool,
+    /// `tls_ca_file` (instead of the system roots) and the client certificate, read and
+    /// checked; their bytes count when a reload decides whether the client must be rebuilt.
+    pub tls: ClientTls,
+    /// The files `tls` was read from, for `--config.check` and the auto-reload fingerprint.
+    pub tls_files: TlsFiles,
     /// The app's `labels`, on `timattr_group_labels` of every group of the app (discovered ones
     /// too); names are valid Prometheus label names.
     pub labels: Labels,
@@ -164,6 +176,14 @@ pub struct AppConfig {
     /// Configured groups, in config order, IDs unique within the app.
     pub groups: Vec<GroupConfig>,
     pub discover: Option<DiscoverConfig>,
+}
+
+/// Where an app's TLS material was read from (resolved against the config file's directory).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 /// Where an app's SecretKey was read from.
@@ -746,6 +766,16 @@ impl Walk<'_> {
 
         let secret = self.secret(&f, "secret_key", true);
         let callback_token = self.secret(&f, "callback_token", false);
+        let tls = self.tls(&f);
+        if let (Some(url), Some((tls, _))) = (&base_url, &tls)
+            && url.scheme() == "http"
+            && *tls != ClientTls::default()
+        {
+            self.warn(
+                &f.path_of("endpoint"),
+                "is plain http: tls_ca_file, tls_cert_file and tls_key_file have no effect",
+            );
+        }
 
         let usersig_ttl = self.usersig_ttl(&f);
 
@@ -853,6 +883,7 @@ impl Walk<'_> {
         // Every field has been checked (and its problems reported) before any `?` here.
         let (secret_key, secret_source) = secret??;
         let (callback_token, callback_token_source) = callback_token?.unzip();
+        let (tls, tls_files) = tls?;
         Some(AppConfig {
             sdkappid: sdkappid?,
             region: region?,
@@ -867,6 +898,8 @@ impl Walk<'_> {
             max_concurrency: max_concurrency?,
             timeout: timeout?,
             allow_insecure_http: allow_insecure_http?,
+            tls,
+            tls_files,
             labels: labels?,
             ignore_keys: ignore_keys?,
             groups: groups?,
@@ -1054,6 +1087,104 @@ impl Walk<'_> {
             Some((key, SecretSource::Inline))
         };
         read.map(Some)
+    }
+
+    /// `tls_ca_file`, and `tls_cert_file` with `tls_key_file` (both or neither), read and
+    /// checked. Like `secret_key_file`, a field's value is never echoed in a problem: a key
+    /// pasted there instead of a path would be.
+    fn tls(&mut self, f: &Fields<'_>) -> Option<(ClientTls, TlsFiles)> {
+        let mut files = TlsFiles::default();
+        let ca = match f.get("tls_ca_file") {
+            None => Some(None),
+            Some(v) => {
+                let p = f.path_of("tls_ca_file");
+                self.tls_file(&p, v, false).and_then(|(path, bytes)| {
+                    files.ca_file = Some(path);
+                    match client_tls::ca_certs(&bytes) {
+                        Ok(certs) => Some(Some(certs)),
+                        Err(e) => {
+                            self.error(&p, e);
+                            None
+                        }
+                    }
+                })
+            }
+        };
+        let identity = match (f.get("tls_cert_file"), f.get("tls_key_file")) {
+            (None, None) => Some(None),
+            (Some(_), None) | (None, Some(_)) => {
+                self.error(
+                    &f.path,
+                    "set both tls_cert_file and tls_key_file for a client certificate, or neither",
+                );
+                None
+            }
+            (Some(cert), Some(key)) => {
+                let (cert_path, key_path) = (f.path_of("tls_cert_file"), f.path_of("tls_key_file"));
+                let chain = self
+                    .tls_file(&cert_path, cert, false)
+                    .and_then(|(path, bytes)| {
+                        files.cert_file = Some(path);
+                        client_tls::certificates(&bytes)
+                            .map_err(|e| self.error(&cert_path, e))
+                            .ok()
+                    });
+                let key = self
+                    .tls_file(&key_path, key, true)
+                    .and_then(|(path, bytes)| {
+                        files.key_file = Some(path);
+                        client_tls::private_key(&bytes)
+                            .map_err(|e| self.error(&key_path, e))
+                            .ok()
+                    });
+                match (chain, key) {
+                    (Some(chain), Some(key)) => match client_tls::identity(chain, key) {
+                        Ok(id) => Some(Some(id)),
+                        Err(e) => {
+                            self.error(&key_path, e);
+                            None
+                        }
+                    },
+                    _ => None,
+                }
+            }
+        };
+        Some((
+            ClientTls {
+                ca_certs: ca?,
+                identity: identity?,
+            },
+            files,
+        ))
+    }
+
+    /// Reads the file a `tls_*_file` field names: its resolved path and bytes. A private key
+    /// (`secret`) is remembered for redaction and draws a warning when others may read it.
+    fn tls_file(&mut self, p: &str, v: &Value, secret: bool) -> Option<(PathBuf, Vec<u8>)> {
+        let path = self.base_dir.join(self.name(p, v)?);
+        match read_tls_file(&path) {
+            Ok((bytes, mode)) => {
+                if secret {
+                    self.secrets
+                        .push(String::from_utf8_lossy(&bytes).trim().to_owned());
+                    if mode & 0o077 != 0 {
+                        self.warn(
+                            p,
+                            format!(
+                                "{} is readable by group or others (mode {:04o}); chmod 600 it",
+                                path.display(),
+                                mode & 0o7777
+                            ),
+                        );
+                    }
+                }
+                Some((path, bytes))
+            }
+            Err(e) => {
+                self.error(p, e);
+                None
+            }
+        }
     }
 
     fn usersig_ttl(&mut self, f: &Fields<'_>) -> Option<Duration> {
@@ -1493,6 +1624,27 @@ fn read_secret_file(path: &Path) -> Result<(SecretKey, u32), String> {
     Ok((key, file_mode(&meta)))
 }
 
+/// Reads a `tls_*_file` (PEM) and returns its bytes and permission bits. Problems do not name
+/// the path, as for secret files.
+fn read_tls_file(path: &Path) -> Result<(Vec<u8>, u32), String> {
+    let cannot = |e: std::io::Error| format!("cannot read the file it names: {e}");
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err("the file it names is not a regular file".into());
+    }
+    let mut raw = Vec::new();
+    file.take(MAX_TLS_FILE_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(cannot)?;
+    if raw.len() as u64 > MAX_TLS_FILE_BYTES {
+        return Err(format!(
+            "the file it names is larger than {MAX_TLS_FILE_BYTES} bytes: not a PEM file"
+        ));
+    }
+    Ok((raw, file_mode(&meta)))
+}
+
 #[cfg(unix)]
 fn file_mode(meta: &std::fs::Metadata) -> u32 {
     use std::os::unix::fs::PermissionsExt;
@@ -1625,6 +1777,16 @@ impl Config {
             out.push_str(&format!("  secret_key: from {}\n", app.secret_source));
             if let Some(source) = &app.callback_token_source {
                 out.push_str(&format!("  callback_token: from {source}\n"));
+            }
+            if let (Some(path), Some(certs)) = (&app.tls_files.ca_file, &app.tls.ca_certs) {
+                out.push_str(&format!(
+                    "  tls_ca_file: {} ({} certificate(s), instead of the system roots)\n",
+                    path.display(),
+                    certs.len()
+                ));
+            }
+            if let Some(path) = &app.tls_files.cert_file {
+                out.push_str(&format!("  tls_cert_file: {}\n", path.display()));
             }
             out.push_str(&format!(
                 "  usersig_ttl: {}, rate_limit: {}/s, max_concurrency: {}, timeout: {}\n",

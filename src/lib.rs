@@ -28,6 +28,7 @@ pub mod app;
 pub mod auto_reload;
 pub mod callback;
 pub mod client;
+pub mod client_tls;
 pub mod config;
 pub mod daemon;
 pub mod discovery;

@@ -75,7 +75,7 @@ struct Flags {
     /// StatefulSet pod `timattr-exporter-2` is shard 2) instead of --shard.
     #[arg(long = "shard.from-hostname", conflicts_with = "shard")]
     shard_from_hostname: bool,
-    /// Re-read the config file and the secret and token files it names this often, and reload
+    /// Re-read the config file and the secret, token and TLS files it names this often, and reload
     /// when any content changed (`0s`: off).
     #[arg(
         long = "config.auto-reload-interval",

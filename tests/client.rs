@@ -311,6 +311,7 @@ fn settings(base: url::Url) -> ClientSettings {
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(4),
         },
+        tls: Default::default(),
     }
 }
 

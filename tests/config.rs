@@ -550,7 +550,7 @@ const ERROR_CASES: &[Case] = &[
         "apps[0].secrt_key_file: unknown key; did you mean secret_key_file? allowed here: \
          sdkappid, region, endpoint, allow_insecure_http, identifier, secret_key_file, \
          secret_key_env, secret_key, callback_token_file, callback_token_env, callback_token, usersig_ttl, \
-         rate_limit, max_concurrency, timeout, labels, ignore_keys, groups, \
+         rate_limit, max_concurrency, timeout, tls_ca_file, tls_cert_file, tls_key_file, labels, ignore_keys, groups, \
          discover",
     ),
     // labels, ignore_keys, exclude_metrics.
@@ -1481,4 +1481,201 @@ fn a_label_value_holding_a_secret_is_refused_without_echoing_it() {
     let ok = one_app("", &[("ignore_keys", Some(&format!("[\"{KEY}\"]")))]);
     let loaded = parse(&ok).expect("valid");
     assert!(!format!("{loaded:?}").contains(KEY));
+}
+
+/// A CA certificate and a client certificate with its key, as PEM.
+struct TlsPems {
+    ca: String,
+    cert: String,
+    key: String,
+    other_key: String,
+}
+
+fn tls_pems() -> TlsPems {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["exporter".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    TlsPems {
+        ca: ca.pem(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+        other_key: KeyPair::generate().unwrap().serialize_pem(),
+    }
+}
+
+/// The base64 lines of a PEM document: what must never appear in a message.
+fn pem_body(pem: &str) -> Vec<&str> {
+    pem.lines().filter(|l| !l.starts_with("-----")).collect()
+}
+
+#[cfg(unix)]
+#[test]
+fn tls_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pems = tls_pems();
+    write_secret(dir.path(), "ca.pem", pems.ca.as_bytes(), 0o644);
+    write_secret(dir.path(), "client.pem", pems.cert.as_bytes(), 0o644);
+    write_secret(dir.path(), "client-key.pem", pems.key.as_bytes(), 0o600);
+    write_secret(dir.path(), "open-key.pem", pems.key.as_bytes(), 0o640);
+    write_secret(
+        dir.path(),
+        "other-key.pem",
+        pems.other_key.as_bytes(),
+        0o600,
+    );
+    write_secret(dir.path(), "empty.pem", b"", 0o600);
+    write_secret(dir.path(), "broken.pem", &pems.key.as_bytes()[..200], 0o600);
+    let parse_in =
+        |changes: &[(&str, Option<&str>)]| config::parse(&one_app("", changes), &env, dir.path());
+    let shown = dir.path().display().to_string();
+
+    // Relative paths resolve against the config's directory; a 0600 key draws no warning.
+    let loaded = parse_in(&[
+        ("tls_ca_file", Some("ca.pem")),
+        ("tls_cert_file", Some("client.pem")),
+        ("tls_key_file", Some("client-key.pem")),
+    ])
+    .expect("valid");
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let app = &loaded.config.apps[0];
+    assert_eq!(app.tls.ca_certs.as_ref().map(Vec::len), Some(1));
+    assert_eq!(app.tls.identity.as_ref().map(|id| id.chain.len()), Some(1));
+    assert_eq!(app.tls_files.ca_file, Some(dir.path().join("ca.pem")));
+    assert!(
+        format!("{app:?}").contains("key: ClientKey(<redacted>)"),
+        "the key's Debug is redacted"
+    );
+    assert_eq!(
+        timattr_exporter::auto_reload::named_files(&loaded.config)[..],
+        [
+            dir.path().join("ca.pem"),
+            dir.path().join("client.pem"),
+            dir.path().join("client-key.pem"),
+        ],
+        "the TLS files join the auto-reload fingerprint"
+    );
+    let summary = loaded.config.summary();
+    assert!(
+        summary.contains(&format!(
+            "  tls_ca_file: {shown}/ca.pem (1 certificate(s), instead of the system roots)\n  \
+             tls_cert_file: {shown}/client.pem\n"
+        )),
+        "{summary}"
+    );
+    // Over plain http they can do nothing: a warning.
+    let loaded = parse_in(&[
+        ("region", None),
+        ("endpoint", Some("http://127.0.0.1:8080")),
+        ("tls_ca_file", Some("ca.pem")),
+    ])
+    .expect("valid");
+    assert_eq!(
+        loaded.warnings,
+        [
+            "apps[0].endpoint: is plain http: tls_ca_file, tls_cert_file and tls_key_file have no \
+          effect"
+        ]
+    );
+    // Without them, the system roots and no client certificate.
+    let plain = parse_in(&[]).expect("valid");
+    assert_eq!(plain.config.apps[0].tls, Default::default());
+
+    // A key others may read: a warning naming the file, as for secret_key_file.
+    let loaded = parse_in(&[
+        ("tls_cert_file", Some("client.pem")),
+        ("tls_key_file", Some("open-key.pem")),
+    ])
+    .expect("valid");
+    assert_eq!(
+        loaded.warnings,
+        [format!(
+            "apps[0].tls_key_file: {shown}/open-key.pem is readable by group or others (mode \
+             0640); chmod 600 it"
+        )]
+    );
+
+    let expect_errors = |changes: &[(&str, Option<&str>)], want: &[&str]| {
+        let err = parse_in(changes).expect_err("bad TLS files");
+        let text = format!("{err} {err:?}");
+        for line in pem_body(&pems.key)
+            .into_iter()
+            .chain(pem_body(&pems.other_key))
+        {
+            assert!(!text.contains(line), "key material echoed: {text}");
+        }
+        assert_eq!(err.to_string(), want.join("\n"));
+    };
+    expect_errors(
+        &[("tls_ca_file", Some("missing.pem"))],
+        &[
+            "apps[0].tls_ca_file: cannot read the file it names: No such file or directory (os \
+           error 2)",
+        ],
+    );
+    expect_errors(
+        &[("tls_ca_file", Some("client-key.pem"))],
+        &[
+            "apps[0].tls_ca_file: the file it names holds no PEM certificate (-----BEGIN \
+           CERTIFICATE-----)",
+        ],
+    );
+    expect_errors(
+        &[("tls_ca_file", Some("broken.pem"))],
+        &[
+            "apps[0].tls_ca_file: the file it names is not valid PEM: a PEM section in it has no \
+           END line",
+        ],
+    );
+    expect_errors(
+        &[("tls_cert_file", Some("client.pem"))],
+        &["apps[0]: set both tls_cert_file and tls_key_file for a client certificate, or neither"],
+    );
+    expect_errors(
+        &[("tls_key_file", Some("client-key.pem"))],
+        &["apps[0]: set both tls_cert_file and tls_key_file for a client certificate, or neither"],
+    );
+    expect_errors(
+        &[
+            ("tls_cert_file", Some("client.pem")),
+            ("tls_key_file", Some("other-key.pem")),
+        ],
+        &[
+            "apps[0].tls_key_file: the private key does not match the first certificate in \
+           tls_cert_file",
+        ],
+    );
+    // Every mistake at once, each at its place.
+    expect_errors(
+        &[
+            ("tls_ca_file", Some("empty.pem")),
+            ("tls_cert_file", Some("client-key.pem")),
+            ("tls_key_file", Some("ca.pem")),
+        ],
+        &[
+            "apps[0].tls_ca_file: the file it names holds no PEM certificate (-----BEGIN \
+             CERTIFICATE-----)",
+            "apps[0].tls_cert_file: the file it names holds no PEM certificate (-----BEGIN \
+             CERTIFICATE-----)",
+            "apps[0].tls_key_file: the file it names holds no PEM private key (PRIVATE KEY, RSA \
+             PRIVATE KEY or EC PRIVATE KEY)",
+        ],
+    );
+    // A key pasted into the field instead of a path is not echoed.
+    let pasted = serde_json::to_string(&pems.key).unwrap();
+    expect_errors(
+        &[
+            ("tls_cert_file", Some("client.pem")),
+            ("tls_key_file", Some(&pasted)),
+        ],
+        &[
+            "apps[0].tls_key_file: cannot read the file it names: No such file or directory \
+             (os error 2)",
+        ],
+    );
 }

@@ -180,6 +180,8 @@ pub fn demo_config(base_url: &Url) -> Config {
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             timeout: DEMO_TIMEOUT,
             allow_insecure_http: false,
+            tls: Default::default(),
+            tls_files: Default::default(),
             labels,
             ignore_keys: None,
             groups,
