@@ -510,6 +510,9 @@ def f(x, d=2):
 
 
 def report(res):
+    if "w9" in res:
+        print("\nW9 basic auth under a password-guessing flood")
+        print(json.dumps(res["w9"], indent=1))
     if "w8" in res:
         print("\nW8 callbacks against an exhausted quota")
         print(json.dumps(res["w8"], indent=1))
@@ -768,6 +771,87 @@ def w7_push(bins, env, workdir, args):
         }
     return out
 
+def w9_bcrypt_flood(bins, env, workdir, args):
+    """Basic auth under a password-guessing flood beside 1 s polling: 16 clients send /metrics
+    with wrong passwords, each one new (no cache hit), for 10 s, while 200 groups poll every
+    1 s at R = 200; a right password scrapes once a second throughout. Measured: the exporter's
+    CPU during the flood (one bcrypt at a time should hold it near one core), the polls' rate at
+    the fake before and during, and the right login's latency."""
+    import base64
+    user, password = "prometheus", "change-me"
+    # examples/web-config.yml's hash of "change-me" (bcrypt cost 10).
+    pw_hash = "$2b$10$nZq17I.dSP3qQU8p0zkrXOQL/70RvSBUEDQ0nt.7IXPCGKy4qmksS"
+    web = os.path.join(workdir, "web-bcrypt.yml")
+    with open(web, "w") as f:
+        f.write(f"basic_auth_users:\n  {user}: {pw_hash}\n")
+
+    def auth(pw):
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()}
+
+    def status_of(url, headers):
+        try:
+            return http_get(url, headers=headers, timeout=30)[0]
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    out = {}
+    with Procs(workdir) as ctx:
+        fake, fake_url = start_fake(ctx, bins, env, 200, rate_limit=200)
+        cfg = write_config(workdir, "bcrypt", fake_url, 200, "1s", 200)
+        port = free_port()
+        exp = ctx.start([bins["exporter"], "--config.file", cfg, "--web.listen-address",
+                         f"127.0.0.1:{port}", "--log.level", "warn", "--web.config.file", web],
+                        "bcrypt", env=env)
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: status_of(url + "/-/ready", auth(password)) == 200, 120, "ready")
+        time.sleep(5)
+        t_before = time.monotonic()
+        time.sleep(10)
+        t_flood = time.monotonic()
+        cpu0 = cpu_seconds(exp.pid)
+        stop = threading.Event()
+        statuses, good = [], []
+
+        def guesser(w):
+            n = 0
+            while not stop.is_set():
+                statuses.append(status_of(url + "/metrics", auth(f"wrong-{w}-{n}")))
+                n += 1
+
+        def scraper():
+            while not stop.is_set():
+                t0 = time.monotonic()
+                good.append((status_of(url + "/metrics", auth(password)), time.monotonic() - t0))
+                time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
+
+        threads = [threading.Thread(target=guesser, args=(w,)) for w in range(16)]
+        threads.append(threading.Thread(target=scraper))
+        for t in threads:
+            t.start()
+        time.sleep(10)
+        stop.set()
+        for t in threads:
+            t.join()
+        t_end = time.monotonic()
+        cpu = cpu_seconds(exp.pid) - cpu0
+        reqs = fake_requests(fake_url)["seconds"]
+        shift = time.monotonic() - max(reqs)
+        before = [t for t in reqs if t_before - shift <= t < t_flood - shift]
+        during = [t for t in reqs if t_flood - shift <= t < t_end - shift]
+        lat = [d for st, d in good if st == 200]
+        out = {
+            "wrong_attempts": len(statuses), "answered_401": statuses.count(401),
+            "flood_s": t_end - t_flood, "exporter_cpu_s": cpu,
+            "exporter_cores": cpu / (t_end - t_flood),
+            "polls_per_s_before": len(before) / (t_flood - t_before),
+            "polls_per_s_during": len(during) / (t_end - t_flood),
+            "max_window_during": max_window(during),
+            "good_scrapes": len(good), "good_ok": len(lat),
+            "good_p50_ms": percentile(lat, 50) * 1000 if lat else float("nan"),
+            "good_max_ms": max(lat) * 1000 if lat else float("nan"),
+        }
+    return out
+
 def w8_fairness(bins, env, workdir, args):
     """Callbacks against an exhausted quota: 60 groups polled every 2 s (30 of the app's 50
     requests/s) beside callbacks for 200 other groups (polled every 24 h otherwise). First a push
@@ -863,7 +947,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin-dir", default="target/release")
     ap.add_argument("--blackbox", default="/usr/bin/prometheus-blackbox-exporter")
-    ap.add_argument("--only", default="w1,w2,w3,w4", help="comma-separated: w1,w2,w3,w4,w7,w8 (w4 includes w5)")
+    ap.add_argument("--only", default="w1,w2,w3,w4", help="comma-separated: w1,w2,w3,w4,w7,w8,w9 (w4 includes w5)")
     ap.add_argument("--json", help="write all figures to this file")
     ap.add_argument("--w1-rate", type=float, default=500)
     ap.add_argument("--w1-window", type=float, default=20)
@@ -893,7 +977,7 @@ def main():
     only = set(args.only.split(","))
     res = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "nproc": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="timattr-bench-") as workdir:
-        for name, fn in (("w1", w1_cost), ("w2", w2_quota), ("w3", w3_schedule), ("w4", w4_w5_memory_scrape), ("w7", w7_push), ("w8", w8_fairness)):
+        for name, fn in (("w1", w1_cost), ("w2", w2_quota), ("w3", w3_schedule), ("w4", w4_w5_memory_scrape), ("w7", w7_push), ("w8", w8_fairness), ("w9", w9_bcrypt_flood)):
             if name in only:
                 s = time.monotonic()
                 print(f"running {name} ...", file=sys.stderr)
