@@ -1105,6 +1105,16 @@ mod tests {
     }
 
     #[test]
+    fn ip_sans_print_as_go_prints_them() {
+        assert_eq!(go_ip_string(&[10, 0, 0, 7]).as_deref(), Some("10.0.0.7"));
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 7];
+        assert_eq!(go_ip_string(&mapped).as_deref(), Some("10.0.0.7"));
+        let v6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        assert_eq!(go_ip_string(&v6).as_deref(), Some("2001:db8::7"));
+        assert_eq!(go_ip_string(&[1, 2, 3]), None);
+    }
+
+    #[test]
     fn basic_header_parsing() {
         let v = HeaderValue::from_static("Basic YWxpY2U6cDpzcw=="); // alice:p:ss
         assert_eq!(parse_basic(&v), Some(("alice".into(), b"p:ss".to_vec())));
