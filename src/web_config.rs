@@ -14,8 +14,8 @@
 //! |---|---|
 //! | `tls_server_config.cert_file` / `key_file`, inline `cert` / `key` | yes (PEM; PKCS#8, PKCS#1 or SEC1 keys) |
 //! | `client_auth_type` | `NoClientCert`, `VerifyClientCertIfGiven`, `RequireAndVerifyClientCert`. `RequestClientCert` and `RequireAnyClientCert` accept certificates nobody verified; they are rejected with an error |
-//! | `client_ca_file`, inline `client_ca` | yes |
-//! | `client_allowed_sans` | rejected with an error: not implemented, and ignoring it would let in clients the file means to keep out |
+//! | `client_ca_file`, inline `client_ca` | yes; without one, client certificates are verified against the system roots, as in Go |
+//! | `client_allowed_sans` | yes: the verified client certificate needs one of the listed DNS, IP, e-mail or URI SANs (exact match); a client without a certificate is refused. An error with `NoClientCert` (Go would ignore the list) and for an empty list (Go would refuse everyone) |
 //! | `min_version` / `max_version` | `TLS10`..`TLS13`; rustls speaks only TLS 1.2 and 1.3, so `TLS10`/`TLS11` as a minimum mean TLS 1.2, and a maximum below `TLS12` is an error |
 //! | `cipher_suites` | the TLS 1.2 suites rustls has (the ECDHE AES-GCM and ChaCha20-Poly1305 ones) by their Go names; TLS 1.3 names are accepted and ignored (as Go does); anything else is an error |
 //! | `prefer_server_cipher_suites` | yes (rustls `ignore_client_order`), default `true` |
@@ -31,14 +31,16 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -519,22 +521,30 @@ fn build_tls(
 
     let auth_type = raw.client_auth_type.as_deref().unwrap_or("NoClientCert");
     let roots = parse_certs(client_ca, "client_ca", "client_ca_file", problems);
-    let verify_roots = match auth_type {
+    // (roots: None for the system roots, optional)
+    let verification = match auth_type {
         "NoClientCert" | "" => {
             if !matches!(client_ca, Pem::Absent) {
                 problems.push(
                     "tls_server_config: client_ca_file is set but client_auth_type is NoClientCert; set client_auth_type: RequireAndVerifyClientCert".into(),
                 );
             }
+            if raw.client_allowed_sans.is_some() {
+                // Go would ignore the list here; ignoring it would let in clients the file
+                // means to keep out.
+                problems.push(
+                    "tls_server_config.client_allowed_sans needs client_auth_type VerifyClientCertIfGiven or RequireAndVerifyClientCert (no client certificate is asked for)".into(),
+                );
+            }
             None
         }
         "VerifyClientCertIfGiven" | "RequireAndVerifyClientCert" => {
-            if matches!(client_ca, Pem::Absent) {
-                problems.push(format!(
-                    "tls_server_config: client_auth_type {auth_type} needs client_ca_file (or client_ca)"
-                ));
+            let optional = auth_type == "VerifyClientCertIfGiven";
+            match client_ca {
+                // Go verifies against the system roots when no CA is given.
+                Pem::Absent => Some((None, optional)),
+                _ => roots.map(|r| (Some(r), optional)),
             }
-            roots.map(|r| (r, auth_type == "VerifyClientCertIfGiven"))
         }
         "RequestClientCert" | "RequireAnyClientCert" => {
             problems.push(format!(
@@ -549,13 +559,10 @@ fn build_tls(
             None
         }
     };
-    if raw
-        .client_allowed_sans
-        .as_ref()
-        .is_some_and(|sans| !sans.is_empty())
-    {
+    if raw.client_allowed_sans.as_ref().is_some_and(Vec::is_empty) {
+        // Go would start and then refuse every client; say so at load instead.
         problems.push(
-            "tls_server_config.client_allowed_sans: not supported by this exporter; restrict clients with a dedicated client CA instead".into(),
+            "tls_server_config.client_allowed_sans: the list is empty, so no client could connect; list the allowed SANs or remove the key".into(),
         );
     }
 
@@ -575,29 +582,14 @@ fn build_tls(
             return None;
         }
     };
-    let builder = match verify_roots {
+    let builder = match verification {
         None => builder.with_no_client_auth(),
         Some((roots, optional)) => {
-            let mut store = rustls::RootCertStore::empty();
-            for root in roots {
-                if let Err(e) = store.add(root) {
-                    problems.push(format!(
-                        "tls_server_config.client_ca_file: unusable CA certificate: {e}"
-                    ));
-                    return None;
-                }
-            }
-            let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(store),
-                Arc::clone(&provider),
-            );
-            if optional {
-                verifier = verifier.allow_unauthenticated();
-            }
-            match verifier.build() {
-                Ok(v) => builder.with_client_cert_verifier(v),
-                Err(e) => {
-                    problems.push(format!("tls_server_config.client_ca_file: {e}"));
+            let allowed_sans = raw.client_allowed_sans.clone();
+            match ClientVerifier::new(roots, optional, allowed_sans, &provider) {
+                Ok(v) => builder.with_client_cert_verifier(Arc::new(v)),
+                Err(problem) => {
+                    problems.push(problem);
                     return None;
                 }
             }
@@ -620,6 +612,177 @@ fn build_tls(
         vec![b"http/1.1".to_vec()]
     };
     Some(Arc::new(config))
+}
+
+/// Client-certificate verification as exporter-toolkit does it: the chain against the client CA
+/// (or, without one, the system roots, as Go does), then `client_allowed_sans` on the verified
+/// certificate.
+#[derive(Debug)]
+struct ClientVerifier {
+    /// `None` when the system has no roots at all: Go then starts and refuses every certificate.
+    chain: Option<Arc<dyn ClientCertVerifier>>,
+    /// Whether a client may connect without a certificate (`VerifyClientCertIfGiven`).
+    optional: bool,
+    allowed_sans: Option<Vec<String>>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl ClientVerifier {
+    fn new(
+        ca: Option<Vec<CertificateDer<'static>>>,
+        optional: bool,
+        allowed_sans: Option<Vec<String>>,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<ClientVerifier, String> {
+        let system = ca.is_none();
+        let roots = match ca {
+            None => system_roots(),
+            Some(certs) => {
+                let mut store = rustls::RootCertStore::empty();
+                for cert in certs {
+                    store.add(cert).map_err(|e| {
+                        format!("tls_server_config.client_ca_file: unusable CA certificate: {e}")
+                    })?;
+                }
+                Arc::new(store)
+            }
+        };
+        let chain = if roots.is_empty() {
+            None
+        } else {
+            let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots,
+                Arc::clone(provider),
+            );
+            if system {
+                // Go names no acceptable CAs when it uses the system roots; a hundred-odd
+                // names would only bloat every handshake.
+                builder = builder.clear_root_hint_subjects();
+            }
+            Some(
+                builder
+                    .build()
+                    .map_err(|e| format!("tls_server_config.client_ca_file: {e}"))?,
+            )
+        };
+        Ok(ClientVerifier {
+            chain,
+            optional,
+            allowed_sans,
+            algorithms: provider.signature_verification_algorithms,
+        })
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.chain
+            .as_ref()
+            .map_or(&[], |chain| chain.root_hint_subjects())
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        // A SAN list needs a certificate to check; Go's check fails without one too.
+        !self.optional || self.allowed_sans.is_some()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let Some(chain) = &self.chain else {
+            return Err(rustls::CertificateError::UnknownIssuer.into());
+        };
+        let verified = chain.verify_client_cert(end_entity, intermediates, now)?;
+        match &self.allowed_sans {
+            Some(allowed) if !has_allowed_san(end_entity, allowed) => Err(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(SanNotAllowed {
+                    reason: "the client certificate has none of the client_allowed_sans",
+                })))
+                .into(),
+            ),
+            _ => Ok(verified),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Why a verified client certificate was refused (its `Debug` is what rustls logs).
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+struct SanNotAllowed {
+    reason: &'static str,
+}
+
+/// The system's trusted roots, read once per process as Go reads them (`SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` honoured); unreadable or unparsable entries are skipped, as in Go.
+fn system_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
+    Arc::clone(ROOTS.get_or_init(|| {
+        let mut store = rustls::RootCertStore::empty();
+        store.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        Arc::new(store)
+    }))
+}
+
+/// Whether the certificate carries one of `allowed` among its DNS, e-mail, IP or URI SANs,
+/// compared exactly as exporter-toolkit compares them (IPs in Go's `net.IP.String` form).
+fn has_allowed_san(cert: &CertificateDer<'_>, allowed: &[String]) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert) else {
+        return false;
+    };
+    let Ok(Some(sans)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    sans.value.general_names.iter().any(|name| {
+        let value = match name {
+            GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
+                (*s).to_owned()
+            }
+            GeneralName::IPAddress(bytes) => match go_ip_string(bytes) {
+                Some(ip) => ip,
+                None => return false,
+            },
+            _ => return false,
+        };
+        allowed.contains(&value)
+    })
+}
+
+/// An IP SAN as Go prints it: IPv4 dotted, IPv4-mapped IPv6 as IPv4, other IPv6 per RFC 5952.
+fn go_ip_string(bytes: &[u8]) -> Option<String> {
+    if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
+        return Some(std::net::Ipv4Addr::from(v4).to_string());
+    }
+    let v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?);
+    Some(match v6.to_ipv4_mapped() {
+        Some(v4) => v4.to_string(),
+        None => v6.to_string(),
+    })
 }
 
 /// The ring provider narrowed to the configured TLS 1.2 cipher suites and curves.
@@ -939,6 +1102,16 @@ mod tests {
     fn dummy_hash_is_a_valid_bcrypt_hash() {
         assert!(DUMMY_HASH.parse::<bcrypt::HashParts>().is_ok());
         assert_eq!(bcrypt::verify("", DUMMY_HASH).ok(), Some(false));
+    }
+
+    #[test]
+    fn ip_sans_print_as_go_prints_them() {
+        assert_eq!(go_ip_string(&[10, 0, 0, 7]).as_deref(), Some("10.0.0.7"));
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 7];
+        assert_eq!(go_ip_string(&mapped).as_deref(), Some("10.0.0.7"));
+        let v6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        assert_eq!(go_ip_string(&v6).as_deref(), Some("2001:db8::7"));
+        assert_eq!(go_ip_string(&[1, 2, 3]), None);
     }
 
     #[test]

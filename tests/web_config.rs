@@ -3,7 +3,7 @@
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
+    KeyPair, SanType,
 };
 use timattr_exporter::web_config::{self, RateLimit, WebConfigError};
 
@@ -127,21 +127,24 @@ fn bad_files_are_reported_clearly() {
             &["client_auth_type: unknown value \"Sometimes\""],
         ),
         (
-            "verification without a CA",
-            format!("{TLS}  client_auth_type: RequireAndVerifyClientCert\n"),
-            &["RequireAndVerifyClientCert needs client_ca_file"],
-        ),
-        (
             "a CA without verification",
             format!("{TLS}  client_ca_file: ca.crt\n"),
             &["client_ca_file is set but client_auth_type is NoClientCert"],
         ),
         (
-            "client_allowed_sans",
+            // Go would ignore the list without client certificates: refused, not ignored.
+            "client_allowed_sans without client certificates",
+            format!("{TLS}  client_allowed_sans: [scraper]\n"),
+            &[
+                "client_allowed_sans needs client_auth_type VerifyClientCertIfGiven or RequireAndVerifyClientCert",
+            ],
+        ),
+        (
+            "an empty client_allowed_sans",
             format!(
-                "{TLS}  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  client_allowed_sans: [scraper]\n"
+                "{TLS}  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  client_allowed_sans: []\n"
             ),
-            &["client_allowed_sans: not supported"],
+            &["client_allowed_sans: the list is empty, so no client could connect"],
         ),
         (
             "inline and file together",
@@ -419,4 +422,250 @@ async fn bcrypt_runs_one_at_a_time_and_caches_failures() {
         "unknown users cached too"
     );
     assert_eq!(auth.bcrypt_max_concurrent(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client certificates, checked with real TLS handshakes against the loaded rustls config.
+
+const VERSIONS: [&rustls::SupportedProtocolVersion; 2] =
+    [&rustls::version::TLS12, &rustls::version::TLS13];
+
+/// A CA that signs the server certificate and client certificates, and a directory holding a
+/// web config with them.
+struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let pki = Pki {
+            ca: ca("test CA"),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &pki.ca).unwrap();
+        std::fs::write(pki.dir.path().join("server.crt"), cert.pem()).unwrap();
+        std::fs::write(pki.dir.path().join("server.key"), key.serialize_pem()).unwrap();
+        std::fs::write(pki.dir.path().join("ca.crt"), pki.ca.pem()).unwrap();
+        pki
+    }
+
+    /// Loads the server TLS config plus `extra_tls` lines.
+    fn load(&self, extra_tls: &str) -> web_config::WebConfig {
+        let path = self.dir.path().join("web.yml");
+        std::fs::write(&path, format!("{TLS}{extra_tls}")).unwrap();
+        web_config::load(&path).unwrap()
+    }
+
+    /// Runs one handshake and one byte each way between a server with `config` and a client
+    /// presenting `identity`. Err carries the server's reason for refusing the client.
+    async fn handshake(
+        &self,
+        config: &web_config::WebConfig,
+        identity: Option<&Identity>,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> Result<(), String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let acceptor = tokio_rustls::TlsAcceptor::from(config.tls().expect("TLS").clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
+            let mut tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
+            tls.write_all(b"k").await.map_err(|e| e.to_string())?;
+            tls.flush().await.map_err(|e| e.to_string())
+        });
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots);
+        let client = match identity {
+            None => builder.with_no_client_auth(),
+            Some(id) => builder
+                .with_client_auth_cert(vec![id.cert.clone()], id.key.clone_key())
+                .unwrap(),
+        };
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        // With TLS 1.3 a refused client certificate shows only when the client reads.
+        let client_result = async {
+            let mut tls = connector.connect(name, tcp).await?;
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte).await.map(|_| ())
+        }
+        .await;
+        let server_result = server.await.unwrap();
+        match (server_result, client_result) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), _) => Err(e),
+            (Ok(()), Err(e)) => Err(format!("client failed, server did not: {e}")),
+        }
+    }
+}
+
+struct Identity {
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A client certificate from `issuer` with common name `cn` and exactly `sans`.
+fn client(issuer: &CertifiedIssuer<'static, KeyPair>, cn: &str, sans: Vec<SanType>) -> Identity {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.subject_alt_names = sans;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, issuer).unwrap();
+    Identity {
+        cert: cert.der().clone(),
+        key: rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+    }
+}
+
+fn dns(name: &str) -> SanType {
+    SanType::DnsName(name.try_into().unwrap())
+}
+
+fn email(address: &str) -> SanType {
+    SanType::Rfc822Name(address.try_into().unwrap())
+}
+
+fn uri(uri: &str) -> SanType {
+    SanType::URI(uri.try_into().unwrap())
+}
+
+fn ip(ip: &str) -> SanType {
+    SanType::IpAddress(ip.parse().unwrap())
+}
+
+const ALLOWED_SANS: &str = "  client_allowed_sans:\n    - scraper.example\n    - 10.0.0.7\n    - \"2001:db8::7\"\n    - ops@example.com\n    - spiffe://example.org/prometheus\n";
+
+/// exporter-toolkit's `client_allowed_sans`: a verified client certificate gets in only when one
+/// of its DNS, IP, e-mail or URI SANs is in the list, compared exactly (IPs in Go's notation).
+#[tokio::test]
+async fn client_allowed_sans_admit_only_certificates_with_a_listed_san() {
+    let pki = Pki::new();
+    let config = pki.load(&format!(
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n{ALLOWED_SANS}"
+    ));
+    let admitted = [
+        ("DNS", vec![dns("other.example"), dns("scraper.example")]),
+        ("IPv4", vec![ip("10.0.0.7")]),
+        // Written out in full in the certificate; Go compares its canonical form.
+        ("IPv6", vec![ip("2001:0db8:0000:0000:0000:0000:0000:0007")]),
+        ("e-mail", vec![email("ops@example.com")]),
+        ("URI", vec![uri("spiffe://example.org/prometheus")]),
+    ];
+    let refused = [
+        (
+            "other SANs",
+            vec![
+                dns("intruder.example"),
+                ip("10.0.0.8"),
+                email("ops@example.org"),
+                uri("spiffe://example.org/intruder"),
+            ],
+        ),
+        // Exact match, as Go: no case folding, no wildcards, no sub-domains.
+        ("a SAN in other case", vec![dns("Scraper.example")]),
+        ("a sub-domain", vec![dns("a.scraper.example")]),
+        ("no SAN at all", vec![]),
+    ];
+    for version in VERSIONS {
+        for (what, sans) in &admitted {
+            let id = client(&pki.ca, "scraper", sans.clone());
+            if let Err(e) = pki.handshake(&config, Some(&id), version).await {
+                panic!("{version:?}: a certificate with an allowed {what} SAN was refused: {e}");
+            }
+        }
+        for (what, sans) in &refused {
+            let id = client(&pki.ca, "scraper.example", sans.clone());
+            let error = pki
+                .handshake(&config, Some(&id), version)
+                .await
+                .expect_err(what);
+            assert!(
+                error.contains("client_allowed_sans"),
+                "{version:?} {what}: refused for the SANs: {error}"
+            );
+        }
+        // The chain is verified first: an allowed SAN from an unknown CA does not get in.
+        let stranger = client(&ca("other CA"), "x", vec![dns("scraper.example")]);
+        let error = pki
+            .handshake(&config, Some(&stranger), version)
+            .await
+            .expect_err("unknown CA");
+        assert!(!error.contains("client_allowed_sans"), "{error}");
+        assert!(pki.handshake(&config, None, version).await.is_err());
+    }
+}
+
+/// With VerifyClientCertIfGiven, a SAN list still keeps out a client that shows no certificate
+/// (in Go such a handshake fails too: its SAN check finds no certificate to read).
+#[tokio::test]
+async fn client_allowed_sans_with_verify_if_given_require_a_certificate() {
+    let pki = Pki::new();
+    let config = pki.load(&format!(
+        "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n{ALLOWED_SANS}"
+    ));
+    for version in VERSIONS {
+        assert!(pki.handshake(&config, None, version).await.is_err());
+        let allowed = client(&pki.ca, "c", vec![dns("scraper.example")]);
+        pki.handshake(&config, Some(&allowed), version)
+            .await
+            .unwrap();
+        let other = client(&pki.ca, "c", vec![dns("intruder.example")]);
+        assert!(pki.handshake(&config, Some(&other), version).await.is_err());
+    }
+}
+
+/// Without `client_ca_file`, Go verifies client certificates against the system roots; so does
+/// this server. VerifyClientCertIfGiven then still serves clients without a certificate (five of
+/// exporter-toolkit's own test files rely on it), and RequireAndVerifyClientCert refuses them.
+#[tokio::test]
+async fn verification_without_a_client_ca_uses_the_system_roots() {
+    let pki = Pki::new();
+    let private = client(&pki.ca, "c", vec![dns("scraper.example")]);
+
+    let if_given = pki.load("  client_auth_type: VerifyClientCertIfGiven\n");
+    for version in VERSIONS {
+        pki.handshake(&if_given, None, version).await.unwrap();
+        // The test CA is no system root.
+        assert!(
+            pki.handshake(&if_given, Some(&private), version)
+                .await
+                .is_err()
+        );
+    }
+
+    let required = pki.load("  client_auth_type: RequireAndVerifyClientCert\n");
+    for version in VERSIONS {
+        assert!(pki.handshake(&required, None, version).await.is_err());
+        assert!(
+            pki.handshake(&required, Some(&private), version)
+                .await
+                .is_err()
+        );
+    }
+
+    // A SAN list with the system roots loads too.
+    pki.load(&format!(
+        "  client_auth_type: RequireAndVerifyClientCert\n{ALLOWED_SANS}"
+    ));
 }
