@@ -517,7 +517,10 @@ pub async fn run(
         // shutdown); the write either lands whole or not at all (temporary file and rename).
         let d = Arc::clone(&daemon);
         let write = tokio::task::spawn_blocking(move || d.write_state());
-        if tokio::time::timeout(auto_reload::READ_TIMEOUT, write).await.is_err() {
+        if tokio::time::timeout(auto_reload::READ_TIMEOUT, write)
+            .await
+            .is_err()
+        {
             warn!(
                 timeout_seconds = auto_reload::READ_TIMEOUT.as_secs(),
                 "the state file write at shutdown did not finish in time; exiting without it"

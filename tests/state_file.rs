@@ -464,7 +464,10 @@ async fn a_state_file_that_blocks_reads_is_skipped_at_start() {
     group(&server, G, &[("k", "v")]);
     let cfg = ConfigDir::new(server.base_url().as_str(), &[G], "state_file: state.json\n");
     let state = state_path(&cfg);
-    let made = Command::new("mkfifo").arg(&state).status().expect("mkfifo runs");
+    let made = Command::new("mkfifo")
+        .arg(&state)
+        .status()
+        .expect("mkfifo runs");
     assert!(made.success());
     let mut exporter = Exporter::start(&cfg.path(), &[]);
     polled_beyond(&server, &exporter, 1).await;
