@@ -39,7 +39,14 @@ struct Stub {
     /// While true, renders wait (after telling `render_started`) until [`Stub::release`].
     hold: Mutex<bool>,
     released: std::sync::Condvar,
+    /// When set, the next render writes [`HUGE`] bytes (a scrape at millions of groups), and
+    /// records how far it got and how it ended.
+    huge: AtomicBool,
+    huge_ended: Mutex<Option<(u64, std::io::ErrorKind)>>,
 }
+
+/// What a huge render would write: far more than socket buffers and the stream's chunks hold.
+const HUGE: u64 = 1 << 30;
 
 impl Stub {
     fn new() -> Arc<Stub> {
@@ -52,6 +59,8 @@ impl Stub {
             render_started: Mutex::new(None),
             hold: Mutex::new(false),
             released: std::sync::Condvar::new(),
+            huge: AtomicBool::new(false),
+            huge_ended: Mutex::new(None),
         })
     }
 
@@ -87,8 +96,21 @@ async fn renders_started(
 }
 
 impl Service for Stub {
-    fn render_metrics(&self) -> Vec<u8> {
+    fn render_metrics(&self, sink: &mut dyn std::io::Write) -> std::io::Result<()> {
         let n = self.renders.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.huge.swap(false, Ordering::SeqCst) {
+            let line = [b'#'; 64 * 1024];
+            let mut written = 0;
+            while written < HUGE {
+                if let Err(e) = sink.write_all(&line) {
+                    *self.huge_ended.lock().unwrap() = Some((written, e.kind()));
+                    return Err(e);
+                }
+                written += line.len() as u64;
+            }
+            *self.huge_ended.lock().unwrap() = Some((written, std::io::ErrorKind::Other));
+            return Ok(());
+        }
         if let Some(tx) = &*self.render_started.lock().unwrap() {
             let _ = tx.send(());
         }
@@ -111,7 +133,7 @@ impl Service for Stub {
         for i in 0..200 {
             out.push_str(&format!("stub_line{{i=\"{i}\"}} 1\n"));
         }
-        out.into_bytes()
+        sink.write_all(out.as_bytes())
     }
 
     fn is_ready(&self) -> bool {
