@@ -823,7 +823,7 @@ async fn metrics(
     let (tx, mut rx) = mpsc::channel(STREAM_CHUNKS);
     let render = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        render_into(&*service, gzip, Chunks::new(tx))
+        render_into(&*service, gzip, Chunks::new(tx, deadline))
     });
     let body = match rx.recv().await {
         Some(first) => {
@@ -908,7 +908,11 @@ async fn ended(render: tokio::task::JoinHandle<io::Result<()>>) -> io::Result<()
     match render.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
-            if e.kind() != io::ErrorKind::BrokenPipe {
+            // The reader's doing, no fault of the exporter.
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::TimedOut
+            ) {
                 error!(error = %e, "rendering /metrics failed");
             }
             Err(e)
@@ -935,25 +939,46 @@ fn render_into<W: io::Write>(service: &dyn Service, gzip: bool, mut out: W) -> i
 
 /// A writer that cuts what it is given into [`STREAM_CHUNK`]-byte chunks and sends each to the
 /// response body, blocking (backpressure) while [`STREAM_CHUNKS`] are waiting. `flush` sends
-/// what is left. Fails with `BrokenPipe` once the body is gone.
+/// what is left. Fails with `BrokenPipe` once the body is gone, and with `TimedOut` when a
+/// chunk still waits at `deadline`: hyper stops polling a body while the socket is full, so a
+/// reader that reads nothing would otherwise hold the render (and its slot) for as long as it
+/// keeps the connection.
 struct Chunks {
     buf: Vec<u8>,
     tx: mpsc::Sender<Bytes>,
+    deadline: Instant,
+    /// The server's runtime, whose timer bounds the wait (this runs on its blocking pool).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Chunks {
-    fn new(tx: mpsc::Sender<Bytes>) -> Chunks {
+    /// Must be called on the server's runtime (its blocking pool included).
+    fn new(tx: mpsc::Sender<Bytes>, deadline: Instant) -> Chunks {
         Chunks {
             buf: Vec::with_capacity(STREAM_CHUNK),
             tx,
+            deadline,
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
     fn send(&mut self) -> io::Result<()> {
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(STREAM_CHUNK));
-        self.tx
-            .blocking_send(Bytes::from(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the scraper went away"))
+        let sent = self.runtime.block_on(tokio::time::timeout_at(
+            self.deadline,
+            self.tx.send(Bytes::from(chunk)),
+        ));
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the scraper went away",
+            )),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the scraper did not read the body within the request timeout",
+            )),
+        }
     }
 }
 
