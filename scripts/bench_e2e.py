@@ -12,7 +12,8 @@ measured, never computed from settings:
   w3  schedule: G groups at interval I where G/I = R: startup windows, per-group interval jitter.
   w4  RSS after one full cycle with N groups of 4 attributes (value_hashes: per_key).
   w5  /metrics at 10,000 and 100,000 groups: render time, body size plain and gzip, and polling
-      rate and lag while scrapes run back to back.
+      rate and lag while scrapes run back to back; peak RSS one scrape adds (plain, gzip) and
+      that 8 parallel scrapes add.
 
 Prints one table per workload and writes all figures as JSON (--json).
 """
@@ -407,6 +408,36 @@ def w3_schedule(bins, env, workdir, args):
     return row
 
 
+def reset_hwm(pid):
+    """Resets VmHWM to the current RSS (Linux >= 4.0), so the next peak is one scrape's."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+def scrape_memory(exp, exp_url, parallel=8):
+    """Peak RSS above the RSS before it, in KiB, for one plain scrape, one gzip scrape, and
+    `parallel` plain scrapes at once (each run twice, the smaller kept: the first may grow the
+    allocator's pools for good)."""
+    def peak(headers, n):
+        added = []
+        for _ in range(2):
+            time.sleep(0.5)
+            reset_hwm(exp.pid)
+            base = mem_kib(exp.pid, "VmRSS")
+            threads = [threading.Thread(target=http_get, args=(exp_url + "/metrics", headers, 120)) for _ in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            added.append(mem_kib(exp.pid, "VmHWM") - base)
+        return min(added)
+    return {
+        "scrape_added_peak_kib": peak({}, 1),
+        "scrape_gzip_added_peak_kib": peak({"Accept-Encoding": "gzip"}, 1),
+        f"scrape_{parallel}_parallel_added_peak_kib": peak({}, parallel),
+    }
+
+
 def metric_value(text, name):
     m = re.search(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M)
     return float(m.group(1)) if m else None
@@ -446,6 +477,7 @@ def w4_w5_memory_scrape(bins, env, workdir, args):
             }
             if n >= 10_000:
                 row.update(scrape(exp, exp_url, fake_url, args.w5_scrapes, n / interval))
+                row.update(scrape_memory(exp, exp_url))
             rows.append(row)
             print(f"  w4/w5: {json.dumps(row)}", file=sys.stderr)
     base = rows[0]["rss_after_cycle_kib"]
@@ -568,6 +600,13 @@ def report(res):
                   int(r["body_bytes"]), r["body_gzip_bytes"], f(r["poll_rate_demand"], 0),
                   f(r["poll_rate_before"], 0), f(r["poll_rate_during_scrapes"], 0),
                   f(r["poll_lag_s_after"], 3)] for r in scr],
+            )
+            table(
+                "W5 peak RSS a scrape adds (VmHWM reset before, minus VmRSS before)",
+                ["groups", "1 plain MiB", "1 gzip MiB", "8 parallel plain MiB"],
+                [[r["groups"], f(r["scrape_added_peak_kib"] / 1024, 1),
+                  f(r["scrape_gzip_added_peak_kib"] / 1024, 1),
+                  f(r["scrape_8_parallel_added_peak_kib"] / 1024, 1)] for r in scr],
             )
 
 

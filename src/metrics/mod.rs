@@ -18,6 +18,10 @@
 //! labels are not empty; discovered groups carry their app's labels (SPEC: "for every group of
 //! the app").
 //!
+//! A render is streamed ([`Metrics::render_to`]): the registry's families, then each per-group
+//! family in turn, through a buffer of a few dozen KiB written to the caller's `io::Write` only
+//! between chunks of groups, when no store lock is held.
+//!
 //! `exclude_metrics` drops whole families: each family is decided once per render (the
 //! registry's by their gathered name, the hand-written ones before the walk over the groups),
 //! never per sample, and an excluded hand-written family is not even built.
