@@ -821,9 +821,21 @@ async fn metrics(
     deadline: Instant,
 ) -> Response<Body> {
     let (tx, mut rx) = mpsc::channel(STREAM_CHUNKS);
+    // Fires at the deadline, so a send waiting on a reader that reads nothing gives up. A task
+    // here, not a timer in the render's thread: at shutdown this runtime's timer goes away
+    // while a render may still be waiting.
+    let (expire, expired) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {
+                let _ = expire.send(true);
+            }
+            () = expire.closed() => {}
+        }
+    });
     let render = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        render_into(&*service, gzip, Chunks::new(tx, deadline))
+        render_into(&*service, gzip, Chunks::new(tx, expired))
     });
     let body = match rx.recv().await {
         Some(first) => {
@@ -940,41 +952,50 @@ fn render_into<W: io::Write>(service: &dyn Service, gzip: bool, mut out: W) -> i
 /// A writer that cuts what it is given into [`STREAM_CHUNK`]-byte chunks and sends each to the
 /// response body, blocking (backpressure) while [`STREAM_CHUNKS`] are waiting. `flush` sends
 /// what is left. Fails with `BrokenPipe` once the body is gone, and with `TimedOut` when a
-/// chunk still waits at `deadline`: hyper stops polling a body while the socket is full, so a
-/// reader that reads nothing would otherwise hold the render (and its slot) for as long as it
-/// keeps the connection.
+/// chunk still waits once `expired` turns true (the request's deadline): hyper stops polling a
+/// body while the socket is full, so a reader that reads nothing would otherwise hold the
+/// render (and its slot) for as long as it keeps the connection.
 struct Chunks {
     buf: Vec<u8>,
     tx: mpsc::Sender<Bytes>,
-    deadline: Instant,
-    /// The server's runtime, whose timer bounds the wait (this runs on its blocking pool).
+    expired: watch::Receiver<bool>,
+    /// The server's runtime: this runs on its blocking pool and waits there on the channel.
     runtime: tokio::runtime::Handle,
 }
 
 impl Chunks {
     /// Must be called on the server's runtime (its blocking pool included).
-    fn new(tx: mpsc::Sender<Bytes>, deadline: Instant) -> Chunks {
+    fn new(tx: mpsc::Sender<Bytes>, expired: watch::Receiver<bool>) -> Chunks {
         Chunks {
             buf: Vec::with_capacity(STREAM_CHUNK),
             tx,
-            deadline,
+            expired,
             runtime: tokio::runtime::Handle::current(),
         }
     }
 
     fn send(&mut self) -> io::Result<()> {
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(STREAM_CHUNK));
-        let sent = self.runtime.block_on(tokio::time::timeout_at(
-            self.deadline,
-            self.tx.send(Bytes::from(chunk)),
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(STREAM_CHUNK),
         ));
+        let (tx, expired) = (&self.tx, &mut self.expired);
+        // Neither branch needs the runtime's timer or I/O driver, only wakers.
+        let sent = self.runtime.block_on(async move {
+            tokio::select! {
+                biased;
+                sent = tx.send(chunk) => Some(sent.is_ok()),
+                // The watchdog fired, or is gone with its runtime (shutdown).
+                _ = expired.wait_for(|expired| *expired) => None,
+            }
+        });
         match sent {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(io::Error::new(
+            Some(true) => Ok(()),
+            Some(false) => Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "the scraper went away",
             )),
-            Err(_) => Err(io::Error::new(
+            None => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the scraper did not read the body within the request timeout",
             )),
