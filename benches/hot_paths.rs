@@ -114,8 +114,12 @@ fn render(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n as u64 * 14));
         g.bench_function(format!("store_{n}_groups_per_key"), |b| {
             b.iter_batched_ref(
-                || String::with_capacity(n * 2048),
-                |out| metrics.render_groups(&store, ValueHashes::PerKey, None, out),
+                || Vec::with_capacity(n * 2048),
+                |out| {
+                    metrics
+                        .render_groups(&store, ValueHashes::PerKey, None, out)
+                        .expect("writing to a Vec")
+                },
                 BatchSize::LargeInput,
             )
         });

@@ -12,7 +12,8 @@ measured, never computed from settings:
   w3  schedule: G groups at interval I where G/I = R: startup windows, per-group interval jitter.
   w4  RSS after one full cycle with N groups of 4 attributes (value_hashes: per_key).
   w5  /metrics at 10,000 and 100,000 groups: render time, body size plain and gzip, and polling
-      rate and lag while scrapes run back to back.
+      rate and lag while scrapes run back to back; peak RSS one scrape adds (plain, gzip) and
+      that 8 parallel scrapes add.
 
 Prints one table per workload and writes all figures as JSON (--json).
 """
@@ -407,6 +408,54 @@ def w3_schedule(bins, env, workdir, args):
     return row
 
 
+def reset_hwm(pid):
+    """Resets VmHWM to the current RSS (Linux >= 4.0), so the next peak is one scrape's."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+def scrape_memory(exp, exp_url, parallel=8):
+    """Peak RSS above the RSS before it, in KiB, for one plain scrape, one gzip scrape, and
+    `parallel` plain scrapes at once (each run twice, the smaller kept: the first may grow the
+    allocator's pools for good)."""
+    def peak(headers, n):
+        added = []
+        for _ in range(2):
+            time.sleep(0.5)
+            reset_hwm(exp.pid)
+            base = mem_kib(exp.pid, "VmRSS")
+            threads = [threading.Thread(target=http_get, args=(exp_url + "/metrics", headers, 120)) for _ in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            added.append(mem_kib(exp.pid, "VmHWM") - base)
+        return min(added)
+    return {
+        "scrape_added_peak_kib": peak({}, 1),
+        "scrape_gzip_added_peak_kib": peak({"Accept-Encoding": "gzip"}, 1),
+        f"scrape_{parallel}_parallel_added_peak_kib": peak({}, parallel),
+    }
+
+
+def curl_times(exp_url, runs=7):
+    """Median whole-response time of /metrics read by curl into /dev/null (a client much faster
+    than Python's, so closer to the server's own time), plain and gzip (not decoded)."""
+    def median(headers):
+        times = []
+        for _ in range(runs):
+            out = subprocess.run(
+                ["curl", "-sS", "-o", "/dev/null", "-w", "%{time_total}", *headers, exp_url + "/metrics"],
+                check=True, capture_output=True, text=True,
+            ).stdout
+            times.append(float(out))
+        return statistics.median(times) * 1000
+    return {
+        "curl_median_ms": median([]),
+        "curl_gzip_median_ms": median(["-H", "Accept-Encoding: gzip"]),
+    }
+
+
 def metric_value(text, name):
     m = re.search(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M)
     return float(m.group(1)) if m else None
@@ -445,7 +494,15 @@ def w4_w5_memory_scrape(bins, env, workdir, args):
                 "first_cycle_s": round(cycle_s, 1),
             }
             if n >= 10_000:
+                # The peak over every scrape below, above the RSS before the first one: what
+                # scrapes leave resident (allocator pools) counts too.
+                reset_hwm(exp.pid)
+                before_scrapes = mem_kib(exp.pid, "VmRSS")
                 row.update(scrape(exp, exp_url, fake_url, args.w5_scrapes, n / interval))
+                row.update(scrape_memory(exp, exp_url))
+                row.update(curl_times(exp_url))
+                row["rss_before_scrapes_kib"] = before_scrapes
+                row["scrapes_added_peak_kib"] = mem_kib(exp.pid, "VmHWM") - before_scrapes
             rows.append(row)
             print(f"  w4/w5: {json.dumps(row)}", file=sys.stderr)
     base = rows[0]["rss_after_cycle_kib"]
@@ -571,6 +628,16 @@ def report(res):
                   int(r["body_bytes"]), r["body_gzip_bytes"], f(r["poll_rate_demand"], 0),
                   f(r["poll_rate_before"], 0), f(r["poll_rate_during_scrapes"], 0),
                   f(r["poll_lag_s_after"], 3)] for r in scr],
+            )
+            table(
+                "W5 curl (median of 7) and peak RSS scrapes add (VmHWM reset before, minus VmRSS before)",
+                ["groups", "curl ms plain", "curl ms gzip", "1 plain MiB", "1 gzip MiB",
+                 "8 parallel plain MiB", "all scrapes MiB"],
+                [[r["groups"], f(r["curl_median_ms"], 1), f(r["curl_gzip_median_ms"], 1),
+                  f(r["scrape_added_peak_kib"] / 1024, 1),
+                  f(r["scrape_gzip_added_peak_kib"] / 1024, 1),
+                  f(r["scrape_8_parallel_added_peak_kib"] / 1024, 1),
+                  f(r["scrapes_added_peak_kib"] / 1024, 1)] for r in scr],
             )
 
 

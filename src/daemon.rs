@@ -327,12 +327,13 @@ struct Served {
 }
 
 impl http::Service for Served {
-    fn render_metrics(&self) -> Vec<u8> {
+    fn render_metrics(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         let config = self.daemon.config();
-        self.daemon.metrics.render(
+        self.daemon.metrics.render_to(
             &self.daemon.store,
             config.value_hashes,
             config.exclude_metrics.as_deref(),
+            out,
         )
     }
 

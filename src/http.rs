@@ -7,6 +7,13 @@
 //! deadlines, idle connections are closed, `/metrics` renders in flight are capped
 //! (`--web.max-requests`: over the cap, 503 at once), and rendering and bcrypt run on the
 //! blocking pool (bcrypt one check at a time).
+//!
+//! `/metrics` is streamed: the render writes into bounded chunks that a channel of
+//! [`STREAM_CHUNKS`] carries to the response body (chunked, gzip compressed on the way when
+//! asked), so a scrape holds a few hundred KiB rather than the whole text, and a slow reader
+//! slows the render down instead of piling text up. The render keeps its `max_requests` slot
+//! until it really ends; a reader that goes away or outlasts `request_timeout` stops it at its
+//! next chunk.
 //! Plaintext connections speak HTTP/1.1; TLS connections speak HTTP/2 too when ALPN picks it.
 
 use std::convert::Infallible;
@@ -23,12 +30,14 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
@@ -37,9 +46,12 @@ use crate::web_config::{Authenticator, RateLimit, WebConfig, WebConfigSource};
 
 /// What the server serves; the daemon implements it.
 pub trait Service: Send + Sync + 'static {
-    /// The full Prometheus text exposition (format 0.0.4), rendered from in-memory state. The
-    /// server calls it on the blocking pool: it may take tens of milliseconds.
-    fn render_metrics(&self) -> Vec<u8>;
+    /// Writes the full Prometheus text exposition (format 0.0.4), rendered from in-memory state,
+    /// to `out` as it goes. The server calls it on the blocking pool: it may take hundreds of
+    /// milliseconds, and `out` blocks while the reader is slow, so no lock may be held while
+    /// writing to it. An error from `out` (the reader went away, the request timed out) must
+    /// stop the render and be returned.
+    fn render_metrics(&self, out: &mut dyn io::Write) -> io::Result<()>;
     fn is_ready(&self) -> bool;
     /// Apply a reload; `Err(text)` when the new config is bad (served as 500 with the text).
     fn reload(&self) -> BoxFuture<'static, Result<(), String>>;
@@ -82,6 +94,13 @@ impl From<Arc<dyn CallbackService>> for Site {
 /// The `/metrics` Content-Type: Prometheus text format 0.0.4.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// Bytes of `/metrics` text (compressed, with gzip) per chunk of the response body.
+pub const STREAM_CHUNK: usize = 256 * 1024;
+
+/// Chunks a render may have waiting for the connection: with the one being filled, the bound
+/// on what one scrape holds besides the socket's buffers.
+pub const STREAM_CHUNKS: usize = 3;
+
 /// hyper refuses an HTTP/1 read buffer smaller than this.
 const MIN_HTTP1_BUF: usize = 8192;
 
@@ -101,6 +120,8 @@ pub struct ServerOptions {
     /// Time a client has to complete the TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// Time from a request's head to its response (auth, rendering, reload); past it: 503.
+    /// A streamed `/metrics` body must also be complete by then, or the connection is cut
+    /// (the scrape fails, as a scraper's own timeout would make it) and the render stops.
     pub request_timeout: Duration,
     /// A connection with no request in flight for this long is closed (what bounds idle
     /// HTTP/2 connections, which have no head timeout).
@@ -235,7 +256,14 @@ struct Shared {
     renders: Option<Arc<Semaphore>>,
 }
 
-type Body = Full<Bytes>;
+/// Every answer's body: whole, or a streamed `/metrics`.
+type Body = UnsyncBoxBody<Bytes, io::Error>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
 
 /// [`serve`] on a thread of its own, with its own single-threaded runtime; the returned future
 /// completes with `serve`'s result.
@@ -432,15 +460,12 @@ fn request_service(
         let busy = activity.begin();
         async move {
             let _busy = busy;
-            let response = match tokio::time::timeout(
-                shared.options.request_timeout,
-                handle(&shared, request),
-            )
-            .await
-            {
-                Ok(response) => response,
-                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "request timed out\n"),
-            };
+            let deadline = Instant::now() + shared.options.request_timeout;
+            let response =
+                match tokio::time::timeout_at(deadline, handle(&shared, request, deadline)).await {
+                    Ok(response) => response,
+                    Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "request timed out\n"),
+                };
             Ok::<_, Infallible>(response)
         }
     })
@@ -620,7 +645,7 @@ impl Route {
 }
 
 /// Web config (per request), rate limit, auth, then the endpoint; config headers on every answer.
-async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
+async fn handle(shared: &Shared, request: Request<Incoming>, deadline: Instant) -> Response<Body> {
     let config = match &shared.web {
         None => None,
         Some(source) => match load_web_config(source).await {
@@ -636,7 +661,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     };
     let mut response = match (&shared.site, &config) {
         (Site::Callbacks(service), _) => callback(service, request).await,
-        (Site::Exporter(_), None) => route(shared, &request).await,
+        (Site::Exporter(_), None) => route(shared, &request, deadline).await,
         (Site::Exporter(_), Some(config)) => {
             if !shared.limiter.allow(config.rate_limit()) {
                 text(StatusCode::TOO_MANY_REQUESTS, "too many requests\n")
@@ -650,7 +675,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
                 r
             } else {
-                route(shared, &request).await
+                route(shared, &request, deadline).await
             }
         }
     };
@@ -702,7 +727,7 @@ async fn callback(
         }
     };
     let (status, answer) = service.callback(&query, &body);
-    let mut response = Response::new(Full::new(Bytes::from_static(answer.as_bytes())));
+    let mut response = Response::new(full(Bytes::from_static(answer.as_bytes())));
     *response.status_mut() = status;
     let content_type = if status == StatusCode::OK {
         "application/json"
@@ -715,7 +740,7 @@ async fn callback(
     response
 }
 
-async fn route(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
+async fn route(shared: &Shared, request: &Request<Incoming>, deadline: Instant) -> Response<Body> {
     let Site::Exporter(service) = &shared.site else {
         return text(StatusCode::NOT_FOUND, "Not Found\n");
     };
@@ -750,7 +775,11 @@ async fn route(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
         Route::Metrics => {
             let gzip = accepts_gzip(request.headers());
             match render_slot(shared) {
-                Ok(permit) => metrics(Arc::clone(service), gzip, permit).await,
+                // HEAD has its answer (the length) only once the render ended.
+                Ok(permit) if method == Method::HEAD => {
+                    return metrics_head(Arc::clone(service), gzip, permit).await;
+                }
+                Ok(permit) => metrics(Arc::clone(service), gzip, permit, deadline).await,
                 // As promhttp's MaxRequestsInFlight: refuse at once rather than queue, so
                 // piled-up scrapes cannot multiply the rendering work.
                 Err(_) => text(
@@ -778,31 +807,101 @@ fn render_slot(shared: &Shared) -> Result<Option<OwnedSemaphorePermit>, TryAcqui
     }
 }
 
-/// Renders on the blocking pool. `permit` (a `max_requests` slot) moves into the render, so a
-/// scrape that times out keeps its slot until the render it started really ends.
+/// Streams a render from the blocking pool. `permit` (a `max_requests` slot) moves into the
+/// render, so a scrape that times out or whose reader goes away keeps its slot until the render
+/// it started really ends, which it does at its next chunk: the chunk's send fails once the
+/// body (and so the channel's receiver) is dropped.
+///
+/// The answer's head waits for the first chunk, so a render that fails or stalls before it
+/// still answers 500 or (past `request_timeout`) 503.
 async fn metrics(
     service: Arc<dyn Service>,
     gzip: bool,
     permit: Option<OwnedSemaphorePermit>,
+    deadline: Instant,
 ) -> Response<Body> {
-    let rendered = tokio::task::spawn_blocking(move || {
+    let (tx, mut rx) = mpsc::channel(STREAM_CHUNKS);
+    // Fires at the deadline, so a send waiting on a reader that reads nothing gives up. A task
+    // here, not a timer in the render's thread: at shutdown this runtime's timer goes away
+    // while a render may still be waiting.
+    let (expire, expired) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {
+                let _ = expire.send(true);
+            }
+            () = expire.closed() => {}
+        }
+    });
+    let render = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let text = service.render_metrics();
-        if gzip { gzip_bytes(&text) } else { Ok(text) }
-    })
-    .await;
-    let body = match rendered {
-        Ok(Ok(body)) => body,
+        render_into(&*service, gzip, Chunks::new(tx, expired))
+    });
+    let body = match rx.recv().await {
+        Some(first) => {
+            let rest = futures::stream::unfold(Some((rx, render)), move |state| async move {
+                let (mut rx, render) = state?;
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(chunk)) => Some((Ok(Frame::data(chunk)), Some((rx, render)))),
+                    // The sender is gone: the render ended, well or not. A failure must cut the
+                    // body short rather than end it as if it were whole.
+                    Ok(None) => match ended(render).await {
+                        Ok(()) => None,
+                        Err(e) => Some((Err(e), None)),
+                    },
+                    Err(_) => {
+                        debug!("a /metrics body outlasted the request timeout; cutting it");
+                        let e = io::Error::new(io::ErrorKind::TimedOut, "request timed out");
+                        Some((Err(e), None))
+                    }
+                }
+            });
+            let first =
+                futures::stream::once(std::future::ready(Ok::<_, io::Error>(Frame::data(first))));
+            StreamBody::new(futures::StreamExt::chain(first, rest)).boxed_unsync()
+        }
+        // Nothing sent: an empty exposition, or a render that failed before its first chunk.
+        None => match ended(render).await {
+            Ok(()) => full(Bytes::new()),
+            Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n"),
+        },
+    };
+    metrics_response(body, gzip)
+}
+
+/// HEAD `/metrics`: the GET answer's headers, with the length of the body it would carry,
+/// counted by rendering it (compressed, when gzip is asked) into nothing.
+async fn metrics_head(
+    service: Arc<dyn Service>,
+    gzip: bool,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Response<Body> {
+    let counted = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut count = Counter(0);
+        render_into(&*service, gzip, &mut count).map(|()| count.0)
+    });
+    match counted.await {
+        Ok(Ok(len)) => {
+            let mut response = metrics_response(full(Bytes::new()), gzip);
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            response
+        }
         Ok(Err(e)) => {
-            error!(error = %e, "compressing /metrics failed");
-            return text(StatusCode::INTERNAL_SERVER_ERROR, "compression failed\n");
+            error!(error = %e, "rendering /metrics failed");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n")
         }
         Err(e) => {
             error!(error = %e, "rendering /metrics panicked");
-            return text(StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n")
         }
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    }
+}
+
+fn metrics_response(body: Body, gzip: bool) -> Response<Body> {
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -815,16 +914,126 @@ async fn metrics(
     response
 }
 
-fn gzip_bytes(data: &[u8]) -> io::Result<Vec<u8>> {
-    use std::io::Write as _;
+/// The end of a render task: its error (logged unless the reader went away, which is no fault
+/// of the exporter), or a panic as an error.
+async fn ended(render: tokio::task::JoinHandle<io::Result<()>>) -> io::Result<()> {
+    match render.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            // The reader's doing, no fault of the exporter.
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::TimedOut
+            ) {
+                error!(error = %e, "rendering /metrics failed");
+            }
+            Err(e)
+        }
+        Err(e) => {
+            error!(error = %e, "rendering /metrics panicked");
+            Err(io::Error::other("rendering /metrics panicked"))
+        }
+    }
+}
+
+/// Renders into `out`, through a streaming gzip encoder when `gzip`.
+fn render_into<W: io::Write>(service: &dyn Service, gzip: bool, mut out: W) -> io::Result<()> {
+    if !gzip {
+        service.render_metrics(&mut out)?;
+        return out.flush();
+    }
     // Fast level: exposition text compresses well anyway, and at 100k groups the default level
     // would cost more CPU than rendering.
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(data.len() / 8),
-        flate2::Compression::fast(),
-    );
-    encoder.write_all(data)?;
-    encoder.finish()
+    let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+    service.render_metrics(&mut encoder)?;
+    encoder.finish()?.flush()
+}
+
+/// A writer that cuts what it is given into [`STREAM_CHUNK`]-byte chunks and sends each to the
+/// response body, blocking (backpressure) while [`STREAM_CHUNKS`] are waiting. `flush` sends
+/// what is left. Fails with `BrokenPipe` once the body is gone, and with `TimedOut` when a
+/// chunk still waits once `expired` turns true (the request's deadline): hyper stops polling a
+/// body while the socket is full, so a reader that reads nothing would otherwise hold the
+/// render (and its slot) for as long as it keeps the connection.
+struct Chunks {
+    buf: Vec<u8>,
+    tx: mpsc::Sender<Bytes>,
+    expired: watch::Receiver<bool>,
+    /// The server's runtime: this runs on its blocking pool and waits there on the channel.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Chunks {
+    /// Must be called on the server's runtime (its blocking pool included).
+    fn new(tx: mpsc::Sender<Bytes>, expired: watch::Receiver<bool>) -> Chunks {
+        Chunks {
+            buf: Vec::with_capacity(STREAM_CHUNK),
+            tx,
+            expired,
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(STREAM_CHUNK),
+        ));
+        let (tx, expired) = (&self.tx, &mut self.expired);
+        // Neither branch needs the runtime's timer or I/O driver, only wakers.
+        let sent = self.runtime.block_on(async move {
+            tokio::select! {
+                biased;
+                sent = tx.send(chunk) => Some(sent.is_ok()),
+                // The watchdog fired, or is gone with its runtime (shutdown).
+                _ = expired.wait_for(|expired| *expired) => None,
+            }
+        });
+        match sent {
+            Some(true) => Ok(()),
+            Some(false) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the scraper went away",
+            )),
+            None => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the scraper did not read the body within the request timeout",
+            )),
+        }
+    }
+}
+
+impl io::Write for Chunks {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = STREAM_CHUNK.saturating_sub(self.buf.len());
+        let taken = data.len().min(room);
+        self.buf.extend_from_slice(&data[..taken]);
+        if self.buf.len() >= STREAM_CHUNK {
+            self.send()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.send()
+    }
+}
+
+/// A writer that only counts (HEAD).
+struct Counter(u64);
+
+impl io::Write for Counter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0 += data.len() as u64;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Whether `Accept-Encoding` allows gzip: listed (or `*`) with a q-value above zero.
@@ -856,7 +1065,7 @@ pub fn accepts_gzip(headers: &http::HeaderMap) -> bool {
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -866,7 +1075,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 fn html(body: String) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(body));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
@@ -883,7 +1092,7 @@ fn without_body(response: Response<Body>) -> Response<Body> {
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
-    Response::from_parts(parts, Full::new(Bytes::new()))
+    Response::from_parts(parts, full(Bytes::new()))
 }
 
 fn landing_page() -> String {

@@ -504,31 +504,42 @@ impl AppView {
     /// groups at a time, so `f` should be quick and must not call into the [`Store`] (it would
     /// deadlock). A change between chunks (a poll, a reload) shows in the later chunks only.
     pub fn for_each_group(&self, mut f: impl FnMut(GroupView<'_>)) {
-        let mut cursor: Option<Box<str>> = None;
-        loop {
-            let groups = lock(&self.state.groups);
-            let settings = self.state.settings();
-            let range = match &cursor {
-                None => groups.range::<str, _>(..),
-                Some(c) => groups.range::<str, _>((Bound::Excluded(&**c), Bound::Unbounded)),
-            };
-            let mut seen = 0;
-            let mut last = None;
-            for (id, group) in range.take(RENDER_CHUNK) {
-                seen += 1;
-                f(GroupView {
-                    id,
-                    group,
-                    settings: settings.for_group(id),
-                });
-                last = Some(id);
-            }
-            cursor = last.cloned();
-            drop(groups);
-            if seen < RENDER_CHUNK {
-                break;
-            }
+        let mut cursor = None;
+        while let Some(next) = self.for_each_group_after(cursor.as_deref(), &mut f) {
+            cursor = Some(next);
         }
+    }
+
+    /// One chunk of [`AppView::for_each_group`]: calls `f` with at most [`RENDER_CHUNK`] groups
+    /// after `after` (from the first when `None`) under the app's lock, releases it, and returns
+    /// the cursor to pass next, or `None` when the walk is done. A streamed render writes its
+    /// buffer out between two calls, so a slow reader never holds the lock.
+    pub fn for_each_group_after(
+        &self,
+        after: Option<&str>,
+        mut f: impl FnMut(GroupView<'_>),
+    ) -> Option<Box<str>> {
+        let groups = lock(&self.state.groups);
+        let settings = self.state.settings();
+        let range = match after {
+            None => groups.range::<str, _>(..),
+            Some(c) => groups.range::<str, _>((Bound::Excluded(c), Bound::Unbounded)),
+        };
+        let mut seen = 0;
+        let mut last = None;
+        for (id, group) in range.take(RENDER_CHUNK) {
+            seen += 1;
+            f(GroupView {
+                id,
+                group,
+                settings: settings.for_group(id),
+            });
+            last = Some(id);
+        }
+        if seen < RENDER_CHUNK {
+            return None;
+        }
+        last.cloned()
     }
 }
 

@@ -39,7 +39,14 @@ struct Stub {
     /// While true, renders wait (after telling `render_started`) until [`Stub::release`].
     hold: Mutex<bool>,
     released: std::sync::Condvar,
+    /// When set, the next render writes [`HUGE`] bytes (a scrape at millions of groups), and
+    /// records how far it got and how it ended.
+    huge: AtomicBool,
+    huge_ended: Mutex<Option<(u64, std::io::ErrorKind)>>,
 }
+
+/// What a huge render would write: far more than socket buffers and the stream's chunks hold.
+const HUGE: u64 = 1 << 30;
 
 impl Stub {
     fn new() -> Arc<Stub> {
@@ -52,6 +59,8 @@ impl Stub {
             render_started: Mutex::new(None),
             hold: Mutex::new(false),
             released: std::sync::Condvar::new(),
+            huge: AtomicBool::new(false),
+            huge_ended: Mutex::new(None),
         })
     }
 
@@ -87,8 +96,21 @@ async fn renders_started(
 }
 
 impl Service for Stub {
-    fn render_metrics(&self) -> Vec<u8> {
+    fn render_metrics(&self, sink: &mut dyn std::io::Write) -> std::io::Result<()> {
         let n = self.renders.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.huge.swap(false, Ordering::SeqCst) {
+            let line = [b'#'; 64 * 1024];
+            let mut written = 0;
+            while written < HUGE {
+                if let Err(e) = sink.write_all(&line) {
+                    *self.huge_ended.lock().unwrap() = Some((written, e.kind()));
+                    return Err(e);
+                }
+                written += line.len() as u64;
+            }
+            *self.huge_ended.lock().unwrap() = Some((written, std::io::ErrorKind::Other));
+            return Ok(());
+        }
         if let Some(tx) = &*self.render_started.lock().unwrap() {
             let _ = tx.send(());
         }
@@ -111,7 +133,7 @@ impl Service for Stub {
         for i in 0..200 {
             out.push_str(&format!("stub_line{{i=\"{i}\"}} 1\n"));
         }
-        out.into_bytes()
+        sink.write_all(out.as_bytes())
     }
 
     fn is_ready(&self) -> bool {
@@ -1296,5 +1318,351 @@ async fn stalled_tls_handshakes_are_closed_after_the_timeout() {
         .await
         .expect("the server closes a stalled handshake")
         .ok();
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming `/metrics`, with the real renderer
+
+use std::collections::{BTreeMap, HashMap};
+use timattr_exporter::metrics::{BuildInfo, Metrics, ValueHashes};
+use timattr_exporter::outcome::Outcome;
+use timattr_exporter::pattern::Patterns;
+use timattr_exporter::store::{AppSettings, GroupSettings, Seeds, Store};
+
+/// The daemon's renderer over a store of `groups` groups in every state, every family on.
+struct Real {
+    metrics: Metrics,
+    store: Arc<Store>,
+    ids: Vec<String>,
+    /// Renders that returned, and how the last one ended.
+    ended: AtomicU64,
+    last: Mutex<Option<std::io::Result<()>>>,
+}
+
+const REAL_APP: u64 = 1_400_000_000;
+
+impl Real {
+    fn new(groups: usize) -> Arc<Real> {
+        let metrics = Metrics::new(BuildInfo {
+            version: "1.2.3",
+            revision: "abc".into(),
+            rustc: "1.85.0".into(),
+        });
+        let _observer = metrics.observer(REAL_APP);
+        let store = Store::new();
+        let ids: Vec<String> = (0..groups).map(|i| format!("@TGS#g{i:06}")).collect();
+        store.set_settings(
+            REAL_APP,
+            AppSettings {
+                app: GroupSettings {
+                    labels: Arc::new(BTreeMap::from([("team".into(), "rooms".into())])),
+                    ignore_keys: Some(Arc::new(Patterns::new(["hb"]).unwrap())),
+                },
+                groups: HashMap::new(),
+            },
+        );
+        store.set_assigned(REAL_APP, &ids, Seeds::DropUnlisted);
+        for (i, id) in ids.iter().enumerate() {
+            let outcome = match i % 5 {
+                0 => continue,
+                1 => Outcome::NoAnswer(timattr_exporter::outcome::FailureReason::Timeout),
+                _ => Outcome::Ok(Real::attrs(i, 0)),
+            };
+            store.apply(REAL_APP, id, &outcome, 1_700_000_000.0);
+            if i % 5 == 2 {
+                store.apply(
+                    REAL_APP,
+                    id,
+                    &Outcome::Ok(Real::attrs(i, 1)),
+                    1_700_000_060.5,
+                );
+            }
+        }
+        Arc::new(Real {
+            metrics,
+            store: Arc::new(store),
+            ids,
+            ended: AtomicU64::new(0),
+            last: Mutex::new(None),
+        })
+    }
+
+    fn attrs(i: usize, round: usize) -> Vec<(String, String)> {
+        [
+            ("color", "blue"),
+            ("hb", "x"),
+            ("round", ""),
+            ("quote\"", "a\nb"),
+        ]
+        .iter()
+        .map(|(k, v)| {
+            let v = if k == &"round" {
+                format!("{i}-{round}")
+            } else {
+                v.to_string()
+            };
+            (k.to_string(), v)
+        })
+        .collect()
+    }
+
+    /// The whole exposition at once, as before streaming.
+    fn full(&self) -> String {
+        String::from_utf8(self.metrics.render(&self.store, ValueHashes::PerKey, None)).unwrap()
+    }
+}
+
+impl Service for Real {
+    fn render_metrics(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let result = self
+            .metrics
+            .render_to(&self.store, ValueHashes::PerKey, None, out);
+        let kind = result.as_ref().map_err(|e| e.kind()).map(|_| ());
+        *self.last.lock().unwrap() = Some(kind.map_err(std::io::Error::from));
+        self.ended.fetch_add(1, Ordering::SeqCst);
+        result
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn reload(&self) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+async fn start_real(options: ServerOptions, real: Arc<Real>) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let service: Arc<dyn Service> = real;
+    let task = tokio::spawn(http::serve(listener, options, service, async {
+        let _ = stopped.await;
+    }));
+    Server {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// Without the `process_*` families, whose values move from one render to the next.
+fn without_process(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.starts_with("process_") && !l.contains(" process_"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Waits, without sleeping longer than needed, until `cond` holds.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < PROMPT, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_scrape_is_the_full_render_byte_for_byte() {
+    let real = Real::new(2_000);
+    let server = start_real(ServerOptions::default(), Arc::clone(&real)).await;
+    let client = plain_client();
+    let full = without_process(&real.full());
+    assert!(
+        full.len() > 3 * http::STREAM_CHUNK,
+        "several chunks: {}",
+        full.len()
+    );
+
+    let plain = client.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(plain.status(), 200);
+    assert_eq!(plain.headers()["transfer-encoding"], "chunked", "streamed");
+    assert_eq!(
+        plain.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let plain = plain.text().await.unwrap();
+    assert!(without_process(&plain) == full, "the plain stream differs");
+
+    let gz = client
+        .get(server.url("/metrics"))
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    let compressed = gz.bytes().await.unwrap();
+    assert!(compressed.len() < full.len() / 4);
+    assert!(
+        without_process(&gunzip(&compressed)) == full,
+        "the gzip stream differs"
+    );
+
+    // HEAD: the length of what GET sends (the process_* values may differ in length, not here:
+    // only compare that one is given and the body is empty).
+    let head = client.head(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    let len: usize = head.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(len.abs_diff(plain.len()) < 200, "{len} vs {}", plain.len());
+    assert!(head.bytes().await.unwrap().is_empty());
+    server.shutdown().await;
+}
+
+/// A scraper that closes its connection after the first chunk: the render stops (it does not
+/// run on to its end) and frees its `--web.max-requests` slot.
+#[tokio::test]
+async fn a_scraper_leaving_mid_body_stops_the_render_and_frees_its_slot() {
+    let stub = Stub::new();
+    stub.huge.store(true, Ordering::SeqCst);
+    let options = ServerOptions {
+        max_requests: 1,
+        ..ServerOptions::default()
+    };
+    let server = Server::start(options, Arc::clone(&stub)).await;
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < http::STREAM_CHUNK {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let n = tokio::time::timeout(PROMPT, conn.read(&mut chunk))
+            .await
+            .expect("the body flows")
+            .unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    drop(conn);
+
+    wait_until("the render ended", || {
+        stub.huge_ended.lock().unwrap().is_some()
+    })
+    .await;
+    let (written, kind) = stub.huge_ended.lock().unwrap().unwrap();
+    assert_eq!(
+        kind,
+        std::io::ErrorKind::BrokenPipe,
+        "the render was stopped"
+    );
+    assert!(written < HUGE / 4, "stopped soon: {written} bytes");
+
+    // The slot is free: the next scrape renders (the permit drops as the render task returns).
+    let client = plain_client();
+    let start = tokio::time::Instant::now();
+    loop {
+        let r = client.get(server.url("/metrics")).send().await.unwrap();
+        if r.status() == 200 {
+            assert!(r.text().await.unwrap().contains("stub_renders_total 2"));
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(start.elapsed() < PROMPT, "the slot stays taken");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.shutdown().await;
+}
+
+/// A scraper reading 1 byte every 10 ms holds its render back, but not the store: polls keep
+/// writing it meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_does_not_delay_polls() {
+    let real = Real::new(10_000);
+    let server = start_real(ServerOptions::default(), Arc::clone(&real)).await;
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        let mut byte = [0u8; 1];
+        loop {
+            match conn.read(&mut byte).await {
+                Ok(1) => tokio::time::sleep(Duration::from_millis(10)).await,
+                _ => return,
+            }
+        }
+    });
+    // Let the render fill what the socket and the stream's chunks hold.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let polls = {
+        let (store, ids) = (Arc::clone(&real.store), real.ids.clone());
+        tokio::task::spawn_blocking(move || {
+            for round in 2..4 {
+                for (i, id) in ids.iter().enumerate() {
+                    let attrs = Outcome::Ok(Real::attrs(i, round));
+                    store.apply(REAL_APP, id, &attrs, 1_700_000_100.0 + round as f64);
+                }
+            }
+        })
+    };
+    tokio::time::timeout(PROMPT, polls)
+        .await
+        .expect("the polls are not held up by the slow scrape")
+        .unwrap();
+    assert_eq!(
+        real.ended.load(Ordering::SeqCst),
+        0,
+        "the scrape was still in progress"
+    );
+    assert!(
+        real.store.error_code(REAL_APP, &real.ids[0]) == Some(0),
+        "the polls landed"
+    );
+
+    // The reader gives up: the render stops at its next chunk.
+    reader.abort();
+    let _ = reader.await;
+    wait_until("the render stopped", || {
+        real.ended.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(
+        real.last
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|r| r.as_ref().map_err(|e| e.kind())),
+        Some(Err(std::io::ErrorKind::BrokenPipe))
+    );
+    server.shutdown().await;
+}
+
+/// A body still flowing at `request_timeout` is cut (the scrape fails, as the scraper's own
+/// timeout would make it), and its render stops instead of holding its slot.
+#[tokio::test]
+async fn a_body_past_the_request_timeout_is_cut_and_its_render_stops() {
+    let stub = Stub::new();
+    stub.huge.store(true, Ordering::SeqCst);
+    let options = ServerOptions {
+        request_timeout: Duration::from_millis(300),
+        ..ServerOptions::default()
+    };
+    let server = Server::start(options, Arc::clone(&stub)).await;
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Read nothing: the render fills the buffers and waits, until the deadline cuts it.
+    wait_until("the render ended", || {
+        stub.huge_ended.lock().unwrap().is_some()
+    })
+    .await;
+    let (written, kind) = stub.huge_ended.lock().unwrap().unwrap();
+    assert_eq!(kind, std::io::ErrorKind::TimedOut, "the render was stopped");
+    assert!(written < HUGE / 4, "stopped soon: {written} bytes");
+    // What arrived is a 200 whose chunked body never ends properly.
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(PROMPT, conn.read_to_end(&mut got)).await;
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(!got.ends_with(b"0\r\n\r\n"), "no final chunk");
     server.shutdown().await;
 }

@@ -6,6 +6,44 @@
 //! render benchmark ~8% more instructions.
 
 use std::fmt::Write as _;
+use std::io;
+
+/// Bytes [`Out`] gathers before writing them to its sink: small enough to stay in the CPU's
+/// cache, large enough that the sink is called rarely.
+pub(super) const FLUSH_AT: usize = 32 * 1024;
+
+/// Text on its way to a sink. Filled while a store lock may be held; written out only when the
+/// renderer calls [`Out::maybe_flush`] between chunks, with no lock held, since the sink may
+/// block on a slow reader.
+pub(super) struct Out<'a> {
+    pub(super) buf: String,
+    sink: &'a mut dyn io::Write,
+}
+
+impl<'a> Out<'a> {
+    pub(super) fn new(sink: &'a mut dyn io::Write) -> Out<'a> {
+        Out {
+            // A chunk of groups may add a few hundred KiB past the threshold at worst.
+            buf: String::with_capacity(2 * FLUSH_AT),
+            sink,
+        }
+    }
+
+    /// Writes the buffer out once it holds [`FLUSH_AT`] bytes.
+    pub(super) fn maybe_flush(&mut self) -> io::Result<()> {
+        if self.buf.len() >= FLUSH_AT {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffer out.
+    pub(super) fn flush(&mut self) -> io::Result<()> {
+        self.sink.write_all(self.buf.as_bytes())?;
+        self.buf.clear();
+        Ok(())
+    }
+}
 
 /// Starts a sample line: `name{labels extra} `.
 #[inline]

@@ -1,5 +1,5 @@
 //! The per-group families, `timattr_groups` and `timattr_groups_by_error_code`, written by hand
-//! from the store's read-only view ([`Store::apps`]).
+//! from the store's read-only view ([`crate::store::Store::apps`]).
 //!
 //! By hand rather than through `prometheus` metric objects: at 100,000 groups one object per
 //! series (a dozen per group) would cost several KiB per group and a hash lookup per update,
@@ -7,103 +7,93 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Mutex, PoisonError};
+use std::io;
 
 use super::code_labels::{CodeLabel, CodeLabels};
-use super::exposition::{escape_label_value, push_i64, push_u64, start, write_f64};
+use super::exposition::{Out, escape_label_value, push_i64, push_u64, start, write_f64};
 use super::{
     Family, GROUP_ATTRIBUTE_CHANGES, GROUP_ATTRIBUTE_VALUE_HASH, GROUP_ATTRIBUTES,
     GROUP_ATTRIBUTES_BYTES, GROUP_ATTRIBUTES_HASH, GROUP_ERROR_CODE, GROUP_LABELS,
     GROUP_LAST_CHANGE, GROUP_LAST_SUCCESS, GROUP_UP, GROUPS, GROUPS_BY_ERROR_CODE, ValueHashes,
 };
 use crate::pattern::Patterns;
-use crate::store::{GroupView, Store};
+use crate::store::{AppView, GroupView};
 
-/// The size of each family's text at the last render: the next one reserves that much up
-/// front, since growing multi-megabyte buffers by doubling costs more (page faults, copies)
-/// than writing them.
-#[derive(Debug, Default)]
-pub(super) struct SizeHints(Mutex<[usize; FAMILIES]>);
-
-/// Appends the families in Prometheus text format 0.0.4, sorted by `sdkappid` then `group_id`,
+/// Writes the families in Prometheus text format 0.0.4, sorted by `sdkappid` then `group_id`,
 /// leaving out those `exclude` matches. `codes` holds each app's labelled codes (`error_code` of
 /// `timattr_groups_by_error_code`).
+///
+/// Family by family: one walk over the groups per family, each in chunks of
+/// [`crate::store::RENDER_CHUNK`] groups under the app's lock, and `out` written to its sink
+/// only between chunks. So a scrape holds a bounded buffer rather than the whole text (138 MB
+/// at 100,000 groups), and a slow reader never holds a lock. An error from the sink (the reader
+/// went away) stops the render.
 pub(super) fn render(
-    out: &mut String,
-    store: &Store,
+    out: &mut Out<'_>,
+    apps: &[AppView],
     value_hashes: ValueHashes,
     exclude: Option<&Patterns>,
     codes: &BTreeMap<u64, CodeLabels>,
-    sizes: &SizeHints,
-) {
-    let mut f = Families {
-        on: Families::wanted(value_hashes, exclude),
-        ..Families::default()
-    };
-    let hint = *sizes.0.lock().unwrap_or_else(PoisonError::into_inner);
-    for (buf, size) in f.buffers().into_iter().zip(hint) {
-        buf.reserve(size + size / 8);
-    }
-    for app in store.apps() {
-        let sdkappid = app.sdkappid();
-        let mut assigned = 0u64;
-        let mut by_code: BTreeMap<i64, u64> = BTreeMap::from([(0, 0)]);
-        app.for_each_group(|group| {
-            assigned += 1;
-            if let Some(code) = group.error_code() {
-                *by_code.entry(code).or_default() += 1;
-            }
-            f.group(sdkappid, group);
-        });
-        let app_labels = format!("sdkappid=\"{sdkappid}\"");
-        if f.on[GROUPS_AT] {
-            let _ = writeln!(f.groups, "{}{{{app_labels}}} {assigned}", GROUPS.0);
+) -> io::Result<()> {
+    let on = wanted(value_hashes, exclude);
+    // Both per-app families come from one count per app, taken when the first of them needs it.
+    let mut tallies: Option<Vec<Tally>> = None;
+    let mut labels = String::new();
+    for (at, family) in TABLE.into_iter().enumerate() {
+        if !on[at] {
+            continue;
         }
-        if f.on[BY_CODE_AT] {
-            // Every code in the store went through the app's observer first, so its set knows
-            // them; an app without one gets a set of its own here, bounded all the same.
-            let mut labels = codes.get(&sdkappid).cloned().unwrap_or_default();
-            let mut by_label: BTreeMap<CodeLabel, u64> = BTreeMap::new();
-            for (code, n) in by_code {
-                *by_label.entry(labels.admit(code)).or_default() += n;
+        let mut head = Head::new(family);
+        if at == GROUPS_AT || at == BY_CODE_AT {
+            let tallies = tallies.get_or_insert_with(|| apps.iter().map(Tally::of).collect());
+            for (app, tally) in apps.iter().zip(tallies.iter()) {
+                head.write(&mut out.buf);
+                tally.write(at, app.sdkappid(), codes, &mut out.buf);
+                out.maybe_flush()?;
             }
-            for (label, n) in by_label {
-                let _ = writeln!(
-                    f.by_code,
-                    "{}{{{app_labels},error_code=\"{label}\"}} {n}",
-                    GROUPS_BY_ERROR_CODE.0
-                );
+            continue;
+        }
+        for app in apps {
+            let mut prefix = String::from("sdkappid=\"");
+            push_u64(&mut prefix, app.sdkappid());
+            prefix.push_str("\",group_id=\"");
+            let mut cursor = None;
+            loop {
+                let buf = &mut out.buf;
+                let next = app.for_each_group_after(cursor.as_deref(), |group| {
+                    sample(at, buf, &mut head, &prefix, &mut labels, group);
+                });
+                out.maybe_flush()?;
+                match next {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
             }
         }
     }
-    *sizes.0.lock().unwrap_or_else(PoisonError::into_inner) = f.buffers().map(|b| b.len());
-    f.finish(out);
+    Ok(())
 }
 
-/// One buffer per family, filled in a single pass over the groups and joined at the end, so each
-/// family's samples come out together under one HELP and TYPE.
-#[derive(Default)]
-struct Families {
-    up: String,
-    error_code: String,
-    attributes: String,
-    bytes: String,
-    set_hash: String,
-    value_hash: String,
-    changes: String,
-    last_change: String,
-    last_success: String,
-    labels: String,
-    groups: String,
-    by_code: String,
-    /// Whether each family is rendered, in [`Families::TABLE`] order: decided once per render.
-    on: [bool; FAMILIES],
-}
-
-/// How many families [`Families`] holds.
+/// How many families [`TABLE`] holds.
 const FAMILIES: usize = 12;
 
-// Indexes into [`Families::TABLE`] and `on`.
+/// Every family, in the order they are written.
+const TABLE: [Family; FAMILIES] = [
+    GROUP_UP,
+    GROUP_ERROR_CODE,
+    GROUP_ATTRIBUTES,
+    GROUP_ATTRIBUTES_BYTES,
+    GROUP_ATTRIBUTES_HASH,
+    GROUP_ATTRIBUTE_VALUE_HASH,
+    GROUP_ATTRIBUTE_CHANGES,
+    GROUP_LAST_CHANGE,
+    GROUP_LAST_SUCCESS,
+    GROUP_LABELS,
+    GROUPS,
+    GROUPS_BY_ERROR_CODE,
+];
+
+// Indexes into [`TABLE`].
 const UP_AT: usize = 0;
 const ERROR_CODE_AT: usize = 1;
 const ATTRIBUTES_AT: usize = 2;
@@ -124,72 +114,77 @@ const CHANGE_LABELS: [&str; 3] = [
     ",change=\"modified\"",
 ];
 
-impl Families {
-    /// Every family, in the order they are written.
-    const TABLE: [Family; FAMILIES] = [
-        GROUP_UP,
-        GROUP_ERROR_CODE,
-        GROUP_ATTRIBUTES,
-        GROUP_ATTRIBUTES_BYTES,
-        GROUP_ATTRIBUTES_HASH,
-        GROUP_ATTRIBUTE_VALUE_HASH,
-        GROUP_ATTRIBUTE_CHANGES,
-        GROUP_LAST_CHANGE,
-        GROUP_LAST_SUCCESS,
-        GROUP_LABELS,
-        GROUPS,
-        GROUPS_BY_ERROR_CODE,
-    ];
+/// Which families to render: `value_hashes` and `exclude_metrics` together, decided once per
+/// render.
+fn wanted(value_hashes: ValueHashes, exclude: Option<&Patterns>) -> [bool; FAMILIES] {
+    let mut on = TABLE.map(|(name, _, _)| !exclude.is_some_and(|p| p.is_match(name)));
+    on[SET_HASH_AT] &= value_hashes != ValueHashes::Off;
+    on[VALUE_HASH_AT] &= value_hashes == ValueHashes::PerKey;
+    on
+}
 
-    /// Which families to render: `value_hashes` and `exclude_metrics` together.
-    fn wanted(value_hashes: ValueHashes, exclude: Option<&Patterns>) -> [bool; FAMILIES] {
-        let mut on = Self::TABLE.map(|(name, _, _)| !exclude.is_some_and(|p| p.is_match(name)));
-        on[SET_HASH_AT] &= value_hashes != ValueHashes::Off;
-        on[VALUE_HASH_AT] &= value_hashes == ValueHashes::PerKey;
-        on
-    }
+/// A family's HELP and TYPE, written before its first sample: a family without samples has
+/// neither.
+struct Head {
+    family: Family,
+    written: bool,
+}
 
-    fn buffers(&mut self) -> [&mut String; FAMILIES] {
-        [
-            &mut self.up,
-            &mut self.error_code,
-            &mut self.attributes,
-            &mut self.bytes,
-            &mut self.set_hash,
-            &mut self.value_hash,
-            &mut self.changes,
-            &mut self.last_change,
-            &mut self.last_success,
-            &mut self.labels,
-            &mut self.groups,
-            &mut self.by_code,
-        ]
-    }
-
-    fn group(&mut self, sdkappid: u64, group: GroupView<'_>) {
-        let configured = group.labels();
-        let has_labels = self.on[LABELS_AT] && !configured.is_empty();
-        let code = group.error_code();
-        if code.is_none() && !has_labels {
-            return;
+impl Head {
+    fn new(family: Family) -> Head {
+        Head {
+            family,
+            written: false,
         }
-        let id = group.group_id();
-        let mut labels = String::with_capacity(40 + id.len());
-        labels.push_str("sdkappid=\"");
-        push_u64(&mut labels, sdkappid);
-        labels.push_str("\",group_id=\"");
-        escape_label_value(&mut labels, id);
-        labels.push('"');
-        let labels = labels.as_str();
+    }
 
+    #[inline]
+    fn write(&mut self, buf: &mut String) {
+        if !self.written {
+            self.written = true;
+            let (name, kind, help) = self.family;
+            let _ = writeln!(buf, "# HELP {name} {help}");
+            let _ = writeln!(buf, "# TYPE {name} {kind}");
+        }
+    }
+}
+
+/// One group's samples of the family at `at`, if it has any. `labels` is scratch space for the
+/// group's `sdkappid` and `group_id` labels; `prefix` is the app's part of them.
+fn sample(
+    at: usize,
+    buf: &mut String,
+    head: &mut Head,
+    prefix: &str,
+    labels: &mut String,
+    group: GroupView<'_>,
+) {
+    let code = group.error_code();
+    // The attribute series describe a successful poll: they need a code as well.
+    let success = code.and_then(|_| group.success());
+    let has = match at {
         // From assignment, as `timattr_groups` counts the group: the labels are config, not a
         // poll result.
-        if has_labels {
-            let buf = &mut self.labels;
+        LABELS_AT => !group.labels().is_empty(),
+        UP_AT | ERROR_CODE_AT => code.is_some(),
+        VALUE_HASH_AT => success.is_some_and(|s| s.value_hashes().next().is_some()),
+        _ => success.is_some(),
+    };
+    if !has {
+        return;
+    }
+    head.write(buf);
+    labels.clear();
+    labels.push_str(prefix);
+    escape_label_value(labels, group.group_id());
+    labels.push('"');
+    let labels = labels.as_str();
+    match (at, code, success) {
+        (LABELS_AT, _, _) => {
             buf.push_str(GROUP_LABELS.0);
             buf.push('{');
             buf.push_str(labels);
-            for (name, value) in configured {
+            for (name, value) in group.labels() {
                 buf.push_str(",label_");
                 buf.push_str(name);
                 buf.push_str("=\"");
@@ -198,41 +193,32 @@ impl Families {
             }
             buf.push_str("} 1\n");
         }
-
-        let Some(code) = code else {
-            return;
-        };
-        if self.on[UP_AT] {
-            start(&mut self.up, GROUP_UP.0, labels, "");
-            push_u64(&mut self.up, u64::from(code == 0));
-            self.up.push('\n');
+        (UP_AT, Some(code), _) => {
+            start(buf, GROUP_UP.0, labels, "");
+            push_u64(buf, u64::from(code == 0));
+            buf.push('\n');
         }
-        if self.on[ERROR_CODE_AT] {
-            start(&mut self.error_code, GROUP_ERROR_CODE.0, labels, "");
-            push_i64(&mut self.error_code, code);
-            self.error_code.push('\n');
+        (ERROR_CODE_AT, Some(code), _) => {
+            start(buf, GROUP_ERROR_CODE.0, labels, "");
+            push_i64(buf, code);
+            buf.push('\n');
         }
-
-        let Some(s) = group.success() else {
-            return;
-        };
-        if self.on[ATTRIBUTES_AT] {
-            start(&mut self.attributes, GROUP_ATTRIBUTES.0, labels, "");
-            push_u64(&mut self.attributes, s.attributes() as u64);
-            self.attributes.push('\n');
+        (ATTRIBUTES_AT, _, Some(s)) => {
+            start(buf, GROUP_ATTRIBUTES.0, labels, "");
+            push_u64(buf, s.attributes() as u64);
+            buf.push('\n');
         }
-        if self.on[BYTES_AT] {
-            start(&mut self.bytes, GROUP_ATTRIBUTES_BYTES.0, labels, "");
-            push_u64(&mut self.bytes, s.bytes());
-            self.bytes.push('\n');
+        (BYTES_AT, _, Some(s)) => {
+            start(buf, GROUP_ATTRIBUTES_BYTES.0, labels, "");
+            push_u64(buf, s.bytes());
+            buf.push('\n');
         }
-        if self.on[SET_HASH_AT] {
-            start(&mut self.set_hash, GROUP_ATTRIBUTES_HASH.0, labels, "");
-            push_u64(&mut self.set_hash, s.set_hash());
-            self.set_hash.push('\n');
+        (SET_HASH_AT, _, Some(s)) => {
+            start(buf, GROUP_ATTRIBUTES_HASH.0, labels, "");
+            push_u64(buf, s.set_hash());
+            buf.push('\n');
         }
-        if self.on[VALUE_HASH_AT] {
-            let buf = &mut self.value_hash;
+        (VALUE_HASH_AT, _, Some(s)) => {
             for (key, hash) in s.value_hashes() {
                 buf.push_str(GROUP_ATTRIBUTE_VALUE_HASH.0);
                 buf.push('{');
@@ -244,60 +230,98 @@ impl Families {
                 buf.push('\n');
             }
         }
-        if self.on[CHANGES_AT] {
+        (CHANGES_AT, _, Some(s)) => {
             let c = s.changes();
             for (extra, n) in CHANGE_LABELS.iter().zip([c.added, c.removed, c.modified]) {
-                start(&mut self.changes, GROUP_ATTRIBUTE_CHANGES.0, labels, extra);
-                push_u64(&mut self.changes, n);
-                self.changes.push('\n');
+                start(buf, GROUP_ATTRIBUTE_CHANGES.0, labels, extra);
+                push_u64(buf, n);
+                buf.push('\n');
             }
         }
-        if self.on[LAST_CHANGE_AT] {
-            start(&mut self.last_change, GROUP_LAST_CHANGE.0, labels, "");
-            write_f64(&mut self.last_change, s.last_change());
+        (LAST_CHANGE_AT, _, Some(s)) => {
+            start(buf, GROUP_LAST_CHANGE.0, labels, "");
+            write_f64(buf, s.last_change());
         }
-        if self.on[LAST_SUCCESS_AT] {
-            start(&mut self.last_success, GROUP_LAST_SUCCESS.0, labels, "");
-            write_f64(&mut self.last_success, s.last_success());
+        (LAST_SUCCESS_AT, _, Some(s)) => {
+            start(buf, GROUP_LAST_SUCCESS.0, labels, "");
+            write_f64(buf, s.last_success());
         }
+        _ => {}
+    }
+}
+
+/// An app's groups counted for `timattr_groups` and `timattr_groups_by_error_code`.
+struct Tally {
+    assigned: u64,
+    by_code: BTreeMap<i64, u64>,
+}
+
+impl Tally {
+    fn of(app: &AppView) -> Tally {
+        let mut tally = Tally {
+            assigned: 0,
+            by_code: BTreeMap::from([(0, 0)]),
+        };
+        app.for_each_group(|group| {
+            tally.assigned += 1;
+            if let Some(code) = group.error_code() {
+                *tally.by_code.entry(code).or_default() += 1;
+            }
+        });
+        tally
     }
 
-    fn finish(mut self, out: &mut String) {
-        let bufs = self.buffers().map(std::mem::take);
-        let parts: Vec<(Family, String)> = Self::TABLE.into_iter().zip(bufs).collect();
-        let total: usize = parts.iter().map(|(f, s)| s.len() + f.2.len() + 64).sum();
-        out.reserve(total);
-        for ((name, kind, help), samples) in parts {
-            if samples.is_empty() {
-                continue;
-            }
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            out.push_str(&samples);
+    /// The app's samples of the family at `at` ([`GROUPS_AT`] or [`BY_CODE_AT`]).
+    fn write(&self, at: usize, sdkappid: u64, codes: &BTreeMap<u64, CodeLabels>, buf: &mut String) {
+        let app_labels = format!("sdkappid=\"{sdkappid}\"");
+        if at == GROUPS_AT {
+            let _ = writeln!(buf, "{}{{{app_labels}}} {}", GROUPS.0, self.assigned);
+            return;
+        }
+        // Every code in the store went through the app's observer first, so its set knows
+        // them; an app without one gets a set of its own here, bounded all the same.
+        let mut labels = codes.get(&sdkappid).cloned().unwrap_or_default();
+        let mut by_label: BTreeMap<CodeLabel, u64> = BTreeMap::new();
+        for (&code, &n) in &self.by_code {
+            *by_label.entry(labels.admit(code)).or_default() += n;
+        }
+        for (label, n) in by_label {
+            let _ = writeln!(
+                buf,
+                "{}{{{app_labels},error_code=\"{label}\"}} {n}",
+                GROUPS_BY_ERROR_CODE.0
+            );
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::exposition::check_exposition;
+    use super::super::exposition::{FLUSH_AT, check_exposition};
     use super::*;
     use crate::pattern::Patterns;
     use crate::snapshot::{hash48, set_hash};
     use crate::store::testing::*;
+    use crate::store::{AppSettings, Store};
     use crate::store::{RENDER_CHUNK, Seeds};
     use proptest::prelude::*;
 
     fn text(store: &Store, vh: ValueHashes) -> String {
+        text_excluding(store, vh, None)
+    }
+
+    fn text_excluding(store: &Store, vh: ValueHashes, exclude: Option<&Patterns>) -> String {
+        let mut sink = Vec::new();
+        let mut out = Out::new(&mut sink);
+        render(&mut out, &store.apps(), vh, exclude, &BTreeMap::new()).expect("a Vec");
+        out.flush().expect("a Vec");
+        String::from_utf8(sink).expect("UTF-8")
+    }
+
+    /// What the renderer before streaming wrote.
+    fn reference(store: &Store, vh: ValueHashes, exclude: Option<&Patterns>) -> String {
         let mut out = String::new();
-        render(
-            &mut out,
-            store,
-            vh,
-            None,
-            &BTreeMap::new(),
-            &SizeHints::default(),
-        );
+        super::super::reference::render(&mut out, store, vh, exclude, &BTreeMap::new());
         out
     }
 
@@ -548,37 +572,110 @@ mod tests {
         );
     }
 
+    /// 2,000 groups of two apps in every state, every family on: the streamed render writes
+    /// the very bytes the single-pass render did, whatever the flush points.
+    fn big_store() -> Store {
+        let store = Store::new();
+        for app in [1u64, 2] {
+            let ids: Vec<String> = (0..1000).map(|i| format!("@TGS#{app}_{i:04}")).collect();
+            store.set_assigned(app, &ids, Seeds::DropUnlisted);
+            let mut settings = with_labels(&[("team", "rooms")]);
+            settings
+                .groups
+                .insert(ids[3].clone().into(), with_labels(&[("page", "a\"b")]).app);
+            if app == 2 {
+                settings = AppSettings {
+                    app: ignoring(&["hb"]).app,
+                    groups: settings.groups,
+                };
+            }
+            store.set_settings(app, settings);
+            for (i, id) in ids.iter().enumerate() {
+                let v = i.to_string();
+                let first = attrs(&[("a", "1"), ("b", &v), ("hb", "x"), ("k\"\n", "y")]);
+                match i % 7 {
+                    0 => continue,
+                    1 => {
+                        store.apply(app, id, &no_answer(), 5.0);
+                        continue;
+                    }
+                    2 => {
+                        store.apply(app, id, &api(10000 + (i % 40) as i64), 5.0);
+                        continue;
+                    }
+                    _ => {}
+                }
+                store.apply(app, id, &ok(&first), 10.0);
+                if i % 2 == 0 {
+                    let second = attrs(&[("a", "2"), ("c", &v)]);
+                    store.apply(app, id, &ok(&second), 20.5);
+                }
+                if i % 5 == 0 {
+                    store.apply(app, id, &api(10007), 30.0);
+                }
+            }
+        }
+        store
+    }
+
     #[test]
-    fn size_hints_change_nothing_but_capacity() {
-        let store = store_with(&["g", "h"]);
-        store.set_settings(1, with_labels(&[("team", "rooms")]));
-        store.apply(1, "g", &ok(&attrs(&[("a", "1")])), 1.0);
-        let hints = SizeHints::default();
-        let mut first = String::new();
-        render(
-            &mut first,
-            &store,
+    fn the_streamed_render_writes_the_bytes_of_the_single_pass_one() {
+        let store = big_store();
+        let exclude = Patterns::new(["timattr_group_attributes_bytes"]).expect("valid");
+        for (vh, exclude) in [
+            (ValueHashes::PerKey, None),
+            (ValueHashes::PerGroup, None),
+            (ValueHashes::Off, Some(&exclude)),
+        ] {
+            let streamed = text_excluding(&store, vh, exclude);
+            assert!(streamed.len() > 4 * FLUSH_AT, "several flushes");
+            assert!(streamed == reference(&store, vh, exclude), "{vh:?}");
+            check_exposition(&streamed).expect("valid exposition");
+        }
+    }
+
+    /// A sink that takes `room` bytes, then fails as a socket whose reader left does.
+    struct Closing {
+        room: usize,
+        written: usize,
+    }
+
+    impl std::io::Write for Closing {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            if self.written >= self.room {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            self.written += data.len();
+            Ok(data.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_sink_stops_the_render() {
+        let store = big_store();
+        let mut sink = Closing {
+            room: FLUSH_AT,
+            written: 0,
+        };
+        let mut out = Out::new(&mut sink);
+        let result = render(
+            &mut out,
+            &store.apps(),
             ValueHashes::PerKey,
             None,
             &BTreeMap::new(),
-            &hints,
         );
-        assert!(hints.0.lock().expect("not poisoned").iter().all(|&n| n > 0));
-        let mut second = String::new();
-        render(
-            &mut second,
-            &store,
-            ValueHashes::PerKey,
-            None,
-            &BTreeMap::new(),
-            &hints,
-        );
-        assert_eq!(first, second);
+        assert_eq!(result.map_err(|e| e.kind()), Err(io::ErrorKind::BrokenPipe));
+        assert!(sink.written < 4 * FLUSH_AT, "stopped at the next flush");
     }
 
     #[test]
     fn the_indexes_name_their_families() {
-        let at = |i: usize| Families::TABLE[i].0;
+        let at = |i: usize| TABLE[i].0;
         assert_eq!(at(UP_AT), GROUP_UP.0);
         assert_eq!(at(ERROR_CODE_AT), GROUP_ERROR_CODE.0);
         assert_eq!(at(ATTRIBUTES_AT), GROUP_ATTRIBUTES.0);
@@ -591,15 +688,6 @@ mod tests {
         assert_eq!(at(LABELS_AT), GROUP_LABELS.0);
         assert_eq!(at(GROUPS_AT), GROUPS.0);
         assert_eq!(at(BY_CODE_AT), GROUPS_BY_ERROR_CODE.0);
-        // And the buffers are in the same order: a family's samples under its own HELP.
-        let mut f = Families::default();
-        f.last_success.push('x');
-        f.labels.push('y');
-        let bufs = f.buffers();
-        assert_eq!(
-            (bufs[LAST_SUCCESS_AT].as_str(), bufs[LABELS_AT].as_str()),
-            ("x", "y")
-        );
     }
 
     #[test]
@@ -649,15 +737,7 @@ mod tests {
         store.apply(1, "g", &ok(&attrs(&[("a", "1")])), 1.0);
         let exclude = Patterns::new(["timattr_group_attribute_value_hash", "timattr_groups.*"])
             .expect("valid");
-        let mut out = String::new();
-        render(
-            &mut out,
-            &store,
-            ValueHashes::PerKey,
-            Some(&exclude),
-            &BTreeMap::new(),
-            &SizeHints::default(),
-        );
+        let out = text_excluding(&store, ValueHashes::PerKey, Some(&exclude));
         for gone in [
             "timattr_group_attribute_value_hash",
             "timattr_groups",

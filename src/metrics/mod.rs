@@ -18,6 +18,10 @@
 //! labels are not empty; discovered groups carry their app's labels (SPEC: "for every group of
 //! the app").
 //!
+//! A render is streamed ([`Metrics::render_to`]): the registry's families, then each per-group
+//! family in turn, through a buffer of a few dozen KiB written to the caller's `io::Write` only
+//! between chunks of groups, when no store lock is held.
+//!
 //! `exclude_metrics` drops whole families: each family is decided once per render (the
 //! registry's by their gathered name, the hand-written ones before the walk over the groups),
 //! never per sample, and an excluded hand-written family is not even built.
@@ -25,6 +29,8 @@
 mod code_labels;
 mod exposition;
 mod groups;
+#[cfg(test)]
+mod reference;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -41,6 +47,7 @@ use crate::pattern::Patterns;
 use crate::store::Store;
 use code_labels::{CodeLabel, CodeLabels};
 pub use code_labels::{MAX_UNDOCUMENTED_CODES, OTHER as OTHER_ERROR_CODE};
+use exposition::Out;
 
 /// Which value hashes `/metrics` carries (`value_hashes` in the config). Defined here, with the
 /// families it switches, so that `config` and the store need not know each other.
@@ -247,7 +254,6 @@ pub struct Metrics {
     /// One observer per app, so a reload that keeps an app hands its client the same counters.
     apps: Mutex<BTreeMap<u64, Arc<AppObserver>>>,
     callbacks: Arc<callbacks::CallbackMetrics>,
-    group_sizes: groups::SizeHints,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -336,7 +342,6 @@ impl Metrics {
             total_shards,
             apps: Mutex::new(BTreeMap::new()),
             callbacks,
-            group_sizes: groups::SizeHints::default(),
         }
     }
 
@@ -439,38 +444,71 @@ impl Metrics {
         self.total_shards.set(i64::from(total));
     }
 
-    /// The whole `/metrics` exposition (text format 0.0.4): the registry's families, then the
-    /// per-group ones from `store`, without the families `exclude` matches.
+    /// The whole `/metrics` exposition (text format 0.0.4) at once; see [`Metrics::render_to`].
     pub fn render(
         &self,
         store: &Store,
         value_hashes: ValueHashes,
         exclude: Option<&Patterns>,
     ) -> Vec<u8> {
-        let mut out = String::with_capacity(64 * 1024);
+        let mut out = Vec::with_capacity(64 * 1024);
+        self.render_to(store, value_hashes, exclude, &mut out)
+            .expect("writing to a Vec cannot fail");
+        out
+    }
+
+    /// Writes the whole `/metrics` exposition (text format 0.0.4) to `sink` as it goes: the
+    /// registry's families, then the per-group ones from `store`, family by family, without the
+    /// families `exclude` matches. The sink gets pieces of about 32 KiB, never while a store
+    /// lock is held, so it may block (backpressure from a slow reader). An error from the sink
+    /// stops the render and is returned.
+    pub fn render_to(
+        &self,
+        store: &Store,
+        value_hashes: ValueHashes,
+        exclude: Option<&Patterns>,
+        sink: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        let mut out = Out::new(sink);
         let mut families = self.registry.gather();
         if let Some(exclude) = exclude {
             families.retain(|f| !exclude.is_match(f.name()));
         }
-        if let Err(e) = TextEncoder::new().encode_utf8(&families, &mut out) {
+        // A few KiB per app: encoded in one piece, as before streaming.
+        if let Err(e) = TextEncoder::new().encode_utf8(&families, &mut out.buf) {
             // Only a malformed family can cause this; a scrape still gets the per-group part.
             tracing::error!(error = %e, "cannot encode the exporter's metrics");
-            out.clear();
+            out.buf.clear();
         }
-        self.render_groups(store, value_hashes, exclude, &mut out);
-        out.into_bytes()
+        drop(families);
+        out.maybe_flush()?;
+        self.render_groups_into(store, value_hashes, exclude, &mut out)?;
+        out.flush()
     }
 
-    /// Appends what [`Metrics::render`] writes after the registry's families: the per-group ones,
-    /// `timattr_groups` and `timattr_groups_by_error_code`, sorted by `sdkappid` then `group_id`.
-    /// The part of a scrape that grows with the number of groups; public for the benchmarks.
+    /// Writes what [`Metrics::render_to`] writes after the registry's families: the per-group
+    /// ones, `timattr_groups` and `timattr_groups_by_error_code`, sorted by `sdkappid` then
+    /// `group_id`. The part of a scrape that grows with the number of groups; public for the
+    /// benchmarks.
     pub fn render_groups(
         &self,
         store: &Store,
         value_hashes: ValueHashes,
         exclude: Option<&Patterns>,
-        out: &mut String,
-    ) {
+        sink: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        let mut out = Out::new(sink);
+        self.render_groups_into(store, value_hashes, exclude, &mut out)?;
+        out.flush()
+    }
+
+    fn render_groups_into(
+        &self,
+        store: &Store,
+        value_hashes: ValueHashes,
+        exclude: Option<&Patterns>,
+        out: &mut Out<'_>,
+    ) -> std::io::Result<()> {
         // Each app's labelled codes, so both `error_code` families label a code alike.
         let codes: BTreeMap<u64, CodeLabels> = self
             .apps
@@ -482,7 +520,7 @@ impl Metrics {
                 (*id, live.codes.clone())
             })
             .collect();
-        groups::render(out, store, value_hashes, exclude, &codes, &self.group_sizes);
+        groups::render(out, &store.apps(), value_hashes, exclude, &codes)
     }
 }
 
