@@ -1392,15 +1392,24 @@ impl Walk<'_> {
                 ok = false;
                 continue;
             }
+            // An unquoted `true` or `1` is what anyone writes for a flag label
+            // (`page_on_change: true`): taken as its text, as a Kubernetes label would be
+            // once quoted. Quote it to keep a spelling YAML would normalise (`1.50`, `yes`).
             match v {
                 Value::String(value) => {
                     labels.insert(name.clone(), value.clone());
+                }
+                Value::Bool(b) => {
+                    labels.insert(name.clone(), b.to_string());
+                }
+                Value::Number(n) => {
+                    labels.insert(name.clone(), n.to_string());
                 }
                 other => {
                     self.error(
                         join(&path, name),
                         format!(
-                            "a label value must be a string, not {}: quote it, like \"true\"",
+                            "a label value must be a string (or a number, true or false), not {}",
                             kind(other)
                         ),
                     );

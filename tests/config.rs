@@ -583,11 +583,11 @@ const ERROR_CASES: &[Case] = &[
          letters, digits and underscores, not starting with a digit ([a-zA-Z_][a-zA-Z0-9_]*)",
     ),
     (
-        "label value not a string",
+        "label value not a scalar",
         "",
-        &[("labels", Some("{page_on_change: true}"))],
-        "apps[0].labels.page_on_change: a label value must be a string, not a boolean: quote it, \
-         like \"true\"",
+        &[("labels", Some("{page_on_change: [true]}"))],
+        "apps[0].labels.page_on_change: a label value must be a string (or a number, true or \
+         false), not a list",
     ),
     (
         "labels not a mapping",
@@ -1385,6 +1385,24 @@ fn labels_and_ignore_keys_merge_group_over_app() {
     };
     let s = |a: &str, b: &str| (a.to_string(), b.to_string());
     assert_eq!(pairs(&app.labels), [s("team", "rooms"), s("tier", "gold")]);
+    // Unquoted flags and numbers are taken as their text.
+    let unquoted = parse(&one_app(
+        "",
+        &[(
+            "labels",
+            Some("{page_on_change: true, quiet: false, tier: 2}"),
+        )],
+    ))
+    .expect("valid")
+    .config;
+    assert_eq!(
+        pairs(&unquoted.apps[0].labels),
+        [
+            s("page_on_change", "true"),
+            s("quiet", "false"),
+            s("tier", "2")
+        ]
+    );
     let [plain, own, empty] = &app.groups[..] else {
         panic!("three groups: {:?}", app.groups)
     };
