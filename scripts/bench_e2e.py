@@ -1163,9 +1163,52 @@ value_hashes: per_key
     return row
 
 
+def w10_shutdown_write(bins, env, workdir, n):
+    """SIGTERM right after the first cycle, before the next periodic write, so that the shutdown
+    has a changed state to write: time to exit, and the temporary file's life within it."""
+    interval = max(5, n // 2000)
+    rate = max(100, 2 * n / interval)
+    state = os.path.join(workdir, f"state-sd-{n}.json")
+    with Procs(workdir) as ctx:
+        _, fake_url = start_fake(ctx, bins, env, n)
+        cfg = write_config(workdir, f"w10-sd-{n}", fake_url, n, f"{interval}s", rate, 64,
+                           top=f"state_file: {state}\n" + W10_EXCLUDE)
+        exp, _ = start_exporter(ctx, bins, env, cfg)
+        tmp = os.path.join(workdir, f".state-sd-{n}.json.tmp-{exp.pid}")
+        wait_for(lambda: len(fake_total(fake_url)[1]) >= n, interval * 2 + 60,
+                 f"every one of {n} groups polled", every=1.0)
+        before = os.path.getmtime(state) if os.path.exists(state) else None
+        sent = time.monotonic()
+        exp.send_signal(signal.SIGTERM)
+        appeared = gone = None
+        while exp.poll() is None:
+            there = os.path.exists(tmp)
+            if there and appeared is None:
+                appeared = time.monotonic()
+            elif not there and appeared is not None and gone is None:
+                gone = time.monotonic()
+            time.sleep(0.002)
+        exited = time.monotonic()
+        after = os.path.getmtime(state) if os.path.exists(state) else None
+        row = {
+            "groups": n,
+            "shutdown_s": exited - sent,
+            "state_written_at_shutdown": after is not None and after != before,
+            "tmp_appeared_after_sigterm_s": None if appeared is None else appeared - sent,
+            "tmp_life_ms": None if appeared is None or gone is None else (gone - appeared) * 1000,
+            "state_file_bytes": os.path.getsize(state) if after else None,
+        }
+    print(f"  w10 shutdown: {json.dumps(row)}", file=sys.stderr)
+    return row
+
+
 def w10_scale(bins, env, workdir, args):
-    """W10: state file, reload and discovery at each of --w10-sizes groups."""
-    return {"rows": [w10_one(bins, env, workdir, n) for n in args.w10_sizes]}
+    """W10: state file, reload and discovery at each of --w10-sizes groups; with
+    --w10-shutdown-only, only the shutdown-with-a-write pass."""
+    if args.w10_shutdown_only:
+        return {"shutdown_rows": [w10_shutdown_write(bins, env, workdir, n) for n in args.w10_sizes]}
+    return {"rows": [w10_one(bins, env, workdir, n) for n in args.w10_sizes],
+            "shutdown_rows": [w10_shutdown_write(bins, env, workdir, n) for n in args.w10_sizes]}
 
 
 def w8_fairness(bins, env, workdir, args):
@@ -1279,6 +1322,7 @@ def main():
     ap.add_argument("--w7-window", type=float, default=20)
     ap.add_argument("--w8-window", type=float, default=15)
     ap.add_argument("--w10-sizes", default="100000,250000", help="w10: state file, reload, discovery")
+    ap.add_argument("--w10-shutdown-only", action="store_true", help="w10: only the shutdown-with-a-write pass")
     args = ap.parse_args()
     args.w4_sizes = [int(x) for x in args.w4_sizes.split(",") if x]
     args.w10_sizes = [int(x) for x in args.w10_sizes.split(",") if x]
