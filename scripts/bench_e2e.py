@@ -14,6 +14,8 @@ measured, never computed from settings:
   w5  /metrics at 10,000 and 100,000 groups: render time, body size plain and gzip, and polling
       rate and lag while scrapes run back to back; peak RSS one scrape adds (plain, gzip) and
       that 8 parallel scrapes add.
+  w1https  w1 over TLS: nginx with a test-CA leaf in front of the fake (tls_ca_file, ca_file).
+  w10 at N groups: state-file writes and the polls around them, reload, shutdown, discovery.
 
 Prints one table per workload and writes all figures as JSON (--json).
 """
