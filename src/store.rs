@@ -432,19 +432,38 @@ impl Store {
         let mut out = Persisted::default();
         let mut pending: Vec<(u64, Vec<Box<str>>)> = Vec::new();
         for (sdkappid, app) in self.app_list() {
-            let groups = lock(&app.groups);
             let entry = out.apps.entry(sdkappid).or_default();
             let mut unseen = Vec::new();
-            for (id, g) in groups.iter() {
-                match &g.success {
-                    Some(s) => {
-                        entry.insert(
-                            id.to_string(),
-                            PersistedGroup::of(&s.snapshot, s.last_change),
-                        );
+            // In chunks, the app's lock released between them: copying 250,000 snapshots under
+            // one hold stalled every poll of the app for a third of a second (BENCHMARKS,
+            // "Scale"). Each group is still copied whole; a change made during the walk bumps
+            // the generation, so the next write takes it.
+            let mut after: Option<Box<str>> = None;
+            loop {
+                let groups = lock(&app.groups);
+                let range = match &after {
+                    None => groups.range::<str, _>(..),
+                    Some(c) => groups.range::<str, _>((Bound::Excluded(&**c), Bound::Unbounded)),
+                };
+                let mut seen = 0;
+                let mut last = None;
+                for (id, g) in range.take(RENDER_CHUNK) {
+                    seen += 1;
+                    match &g.success {
+                        Some(s) => {
+                            entry.insert(
+                                id.to_string(),
+                                PersistedGroup::of(&s.snapshot, s.last_change),
+                            );
+                        }
+                        None => unseen.push(id.clone()),
                     }
-                    None => unseen.push(id.clone()),
+                    last = Some(id);
                 }
+                if seen < RENDER_CHUNK {
+                    break;
+                }
+                after = last.cloned();
             }
             pending.push((sdkappid, unseen));
         }
@@ -1036,6 +1055,37 @@ mod tests {
         // Bytewise: "B" (0x42) < "a" (0x61) < "b" < "é" (0xc3..).
         want.extend(["B", "a\"", "b", "é"].map(|id| (2, id.to_string())));
         assert_eq!(walked, want);
+    }
+
+    #[test]
+    fn persisted_walks_every_chunk_and_keeps_seeds_of_unpolled_groups() {
+        // More than two chunks, so the walk resumes after a cursor twice.
+        let n = 2 * RENDER_CHUNK + 77;
+        let ids: Vec<String> = (0..n).map(|i| format!("@TGS#g{i:05}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let old = store_with(&refs);
+        for id in &ids {
+            old.apply(1, id, &ok(&attrs(&[("k", id)])), 1.0);
+        }
+        let all = old.persisted();
+        assert_eq!(all.apps[&1].len(), n);
+        // A restart: every group seeded, every third polled again; the rest keep their seed.
+        let store = Store::new();
+        store.seed_from(all.clone());
+        store.set_assigned(1, &ids, Seeds::Keep);
+        for id in ids.iter().step_by(3) {
+            store.apply(1, id, &ok(&attrs(&[("k", "new")])), 2.0);
+        }
+        let again = store.persisted();
+        assert_eq!(again.apps[&1].len(), n, "every chunk, polled or seeded");
+        for (i, id) in ids.iter().enumerate() {
+            let want = if i % 3 == 0 {
+                hash48(b"new")
+            } else {
+                all.apps[&1][id].attributes[0].hash
+            };
+            assert_eq!(again.apps[&1][id].attributes[0].hash, want, "{id}");
+        }
     }
 
     #[test]
