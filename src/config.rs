@@ -1605,11 +1605,10 @@ fn normalise_group_type(s: &str) -> Option<&'static str> {
     })
 }
 
-/// Reads a secret file, refusing anything that cannot be a key, and returns the key and the
-/// file's permission bits. Errors name the file, never its content.
-/// Reads a secret file. Problems do not name the path: a secret pasted into the `_file` field
-/// would be echoed.
-fn read_secret_file(path: &Path) -> Result<(SecretKey, u32), String> {
+/// Reads a regular file of at most `max` bytes, and returns its bytes and permission bits.
+/// Problems do not name the path: a secret pasted into a `_file` field would be echoed.
+/// `kind` says what a larger file cannot be ("a secret file", "a PEM file").
+fn read_bounded_file(path: &Path, max: u64, kind: &str) -> Result<(Vec<u8>, u32), String> {
     let cannot = |e: std::io::Error| format!("cannot read the file it names: {e}");
     let file = std::fs::File::open(path).map_err(cannot)?;
     let meta = file.metadata().map_err(cannot)?;
@@ -1617,41 +1616,30 @@ fn read_secret_file(path: &Path) -> Result<(SecretKey, u32), String> {
         return Err("the file it names is not a regular file".into());
     }
     let mut raw = Vec::new();
-    file.take(MAX_SECRET_FILE_BYTES + 1)
-        .read_to_end(&mut raw)
-        .map_err(cannot)?;
-    if raw.len() as u64 > MAX_SECRET_FILE_BYTES {
+    file.take(max + 1).read_to_end(&mut raw).map_err(cannot)?;
+    if raw.len() as u64 > max {
         return Err(format!(
-            "the file it names is larger than {MAX_SECRET_FILE_BYTES} bytes: not a secret file"
+            "the file it names is larger than {max} bytes: not {kind}"
         ));
     }
+    Ok((raw, file_mode(&meta)))
+}
+
+/// Reads a secret file, refusing anything that cannot be a key, and returns the key and the
+/// file's permission bits.
+fn read_secret_file(path: &Path) -> Result<(SecretKey, u32), String> {
+    let (raw, mode) = read_bounded_file(path, MAX_SECRET_FILE_BYTES, "a secret file")?;
     let text = String::from_utf8(raw).map_err(|_| "the file it names is not UTF-8 text")?;
     let key = SecretKey::new(text);
     if key.is_empty() {
         return Err("the file it names is empty".into());
     }
-    Ok((key, file_mode(&meta)))
+    Ok((key, mode))
 }
 
-/// Reads a `tls_*_file` (PEM) and returns its bytes and permission bits. Problems do not name
-/// the path, as for secret files.
+/// Reads a `tls_*_file` (PEM) and returns its bytes and permission bits.
 fn read_tls_file(path: &Path) -> Result<(Vec<u8>, u32), String> {
-    let cannot = |e: std::io::Error| format!("cannot read the file it names: {e}");
-    let file = std::fs::File::open(path).map_err(cannot)?;
-    let meta = file.metadata().map_err(cannot)?;
-    if !meta.is_file() {
-        return Err("the file it names is not a regular file".into());
-    }
-    let mut raw = Vec::new();
-    file.take(MAX_TLS_FILE_BYTES + 1)
-        .read_to_end(&mut raw)
-        .map_err(cannot)?;
-    if raw.len() as u64 > MAX_TLS_FILE_BYTES {
-        return Err(format!(
-            "the file it names is larger than {MAX_TLS_FILE_BYTES} bytes: not a PEM file"
-        ));
-    }
-    Ok((raw, file_mode(&meta)))
+    read_bounded_file(path, MAX_TLS_FILE_BYTES, "a PEM file")
 }
 
 #[cfg(unix)]
