@@ -1,6 +1,8 @@
 //! The HTTP server end to end: a stub `Service`, the real server on 127.0.0.1:0, real clients
 //! (reqwest, tokio-rustls, hyper's HTTP/2 client, raw TCP), certificates made by rcgen.
 
+mod common;
+
 use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,11 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::ca::Ca;
 use futures::future::BoxFuture;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
+use rcgen::ExtendedKeyUsagePurpose;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use timattr_exporter::http::{self, ServerOptions, Service};
@@ -199,40 +199,8 @@ fn plain_client() -> reqwest::Client {
 // ---------------------------------------------------------------------------------------------
 // Certificates
 
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
+/// Server and client leaves of the shared test CA.
 impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// (certificate PEM, key PEM)
-    fn leaf(&self, cn: &str, usage: ExtendedKeyUsagePurpose) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
     fn server(&self, cn: &str) -> (String, String) {
         self.leaf(cn, ExtendedKeyUsagePurpose::ServerAuth)
     }

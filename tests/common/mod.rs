@@ -2,6 +2,8 @@
 //! child process with captured logs, scraping, and waiting for conditions instead of sleeping.
 #![allow(dead_code)]
 
+pub mod ca;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
