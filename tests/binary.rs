@@ -505,3 +505,33 @@ async fn demo_polls_the_sample_groups_without_a_config() {
     exporter.signal("TERM");
     assert_eq!(exporter.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+/// `HTTP_PROXY` in the environment is honoured, as Go exporters honour it: the endpoint's host
+/// does not resolve, so the group can only come up through the proxy (the fake API takes the
+/// proxy's absolute-form requests). Without a proxy variable the client skips reqwest's proxy
+/// matcher; this keeps that shortcut from dropping proxies that are set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_from_the_environment_carries_the_requests() {
+    let server = fake_with_app().await;
+    group(&server, "@TGS#proxied", &[("k", "v")]);
+    let cfg = ConfigDir::new("http://timattr-proxy-test.invalid/", &["@TGS#proxied"], "");
+    let yaml = std::fs::read_to_string(cfg.path()).unwrap().replace(
+        "    identifier:",
+        "    allow_insecure_http: true\n    identifier:",
+    );
+    std::fs::write(cfg.path(), yaml).unwrap();
+    let proxy = server.base_url().as_str().trim_end_matches('/').to_string();
+    let exporter = Exporter::start_with_env(&cfg.path(), &[], &[("HTTP_PROXY", &proxy)]);
+    let url = exporter.url("/metrics");
+    let proxied = [("group_id", "@TGS#proxied")];
+    let up = eventually(WAIT, || async {
+        let t = scrape(&url).await;
+        (value(&t, "timattr_group_up", &proxied) == Some(1.0)).then_some(())
+    })
+    .await;
+    assert!(
+        up.is_some(),
+        "the group never came up through the proxy:\n{}",
+        exporter.logs()
+    );
+}
