@@ -535,3 +535,37 @@ async fn a_proxy_from_the_environment_carries_the_requests() {
         exporter.logs()
     );
 }
+
+/// The threads that render `/metrics` run at a lower priority (nice `BLOCKING_NICE`) than the
+/// poll thread (the main thread, nice 0), so a scrape competing for a core does not delay poll
+/// slots. Read from `/proc`: a scrape leaves its render thread idle in the pool for a while.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn render_threads_run_below_the_poll_thread() {
+    let server = fake_with_app().await;
+    group(&server, "@TGS#nice", &[("k", "v")]);
+    let cfg = ConfigDir::new(server.base_url().as_str(), &["@TGS#nice"], "");
+    let exporter = Exporter::start(&cfg.path(), &[]);
+    let body = scrape(&exporter.url("/metrics")).await;
+    assert!(body.contains("timattr_groups"), "{body}");
+    let pid = exporter.child.id();
+    // `/proc/PID/task/TID/stat`: "TID (COMM) STATE ..." with the nice value the 19th field.
+    let threads: Vec<(u32, String, i32)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(") ")?;
+            let (tid, comm) = head.split_once(" (")?;
+            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+            Some((tid.parse().ok()?, comm.to_string(), nice))
+        })
+        .collect();
+    let main = threads.iter().find(|(tid, _, _)| *tid == pid);
+    assert_eq!(main.map(|t| t.2), Some(0), "the poll thread: {threads:?}");
+    let render = threads.iter().find(|(_, comm, _)| comm == "timattr-render");
+    assert_eq!(
+        render.map(|t| t.2),
+        Some(timattr_exporter::http::BLOCKING_NICE),
+        "a render thread: {threads:?}"
+    );
+}

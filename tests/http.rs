@@ -43,6 +43,22 @@ struct Stub {
     /// records how far it got and how it ended.
     huge: AtomicBool,
     huge_ended: Mutex<Option<(u64, std::io::ErrorKind)>>,
+    /// When set, the next render writes this many bytes and then fails.
+    fail_after: Mutex<Option<u64>>,
+}
+
+/// 64 KiB of pseudo-random text: repeated, it still does not compress (deflate looks back only
+/// 32 KiB), so a gzip scrape moves as many bytes as a plain one.
+fn incompressible_line() -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..64 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b'!' + (x % 90) as u8
+        })
+        .collect()
 }
 
 /// What a huge render would write: far more than socket buffers and the stream's chunks hold.
@@ -61,6 +77,7 @@ impl Stub {
             released: std::sync::Condvar::new(),
             huge: AtomicBool::new(false),
             huge_ended: Mutex::new(None),
+            fail_after: Mutex::new(None),
         })
     }
 
@@ -98,8 +115,17 @@ async fn renders_started(
 impl Service for Stub {
     fn render_metrics(&self, sink: &mut dyn std::io::Write) -> std::io::Result<()> {
         let n = self.renders.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(limit) = self.fail_after.lock().unwrap().take() {
+            let line = incompressible_line();
+            let mut written = 0;
+            while written < limit {
+                sink.write_all(&line)?;
+                written += line.len() as u64;
+            }
+            return Err(std::io::Error::other("the render broke"));
+        }
         if self.huge.swap(false, Ordering::SeqCst) {
-            let line = [b'#'; 64 * 1024];
+            let line = incompressible_line();
             let mut written = 0;
             while written < HUGE {
                 if let Err(e) = sink.write_all(&line) {
@@ -1484,9 +1510,19 @@ async fn a_streamed_scrape_is_the_full_render_byte_for_byte() {
 }
 
 /// A scraper that closes its connection after the first chunk: the render stops (it does not
-/// run on to its end) and frees its `--web.max-requests` slot.
+/// run on to its end) and frees its `--web.max-requests` slot; with gzip too, where the render
+/// and the compression run on two threads.
 #[tokio::test]
 async fn a_scraper_leaving_mid_body_stops_the_render_and_frees_its_slot() {
+    scraper_leaves_mid_body("").await;
+}
+
+#[tokio::test]
+async fn a_gzip_scraper_leaving_mid_body_stops_the_render_and_frees_its_slot() {
+    scraper_leaves_mid_body("Accept-Encoding: gzip\r\n").await;
+}
+
+async fn scraper_leaves_mid_body(extra_header: &str) {
     let stub = Stub::new();
     stub.huge.store(true, Ordering::SeqCst);
     let options = ServerOptions {
@@ -1495,7 +1531,7 @@ async fn a_scraper_leaving_mid_body_stops_the_render_and_frees_its_slot() {
     };
     let server = Server::start(options, Arc::clone(&stub)).await;
     let mut conn = TcpStream::connect(server.addr).await.unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.write_all(format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{extra_header}\r\n").as_bytes())
         .await
         .unwrap();
     let mut got = Vec::new();
@@ -1535,6 +1571,27 @@ async fn a_scraper_leaving_mid_body_stops_the_render_and_frees_its_slot() {
         assert_eq!(r.status(), 503);
         assert!(start.elapsed() < PROMPT, "the slot stays taken");
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.shutdown().await;
+}
+
+/// A render that fails halfway cuts the body short, plain or gzip: the scraper gets an error,
+/// never a body that looks whole (for gzip: never a finished stream with a valid trailer).
+#[tokio::test]
+async fn a_render_failing_mid_body_cuts_the_body() {
+    let stub = Stub::new();
+    let server = Server::start(ServerOptions::default(), Arc::clone(&stub)).await;
+    let client = plain_client();
+    for gzip in [false, true] {
+        *stub.fail_after.lock().unwrap() = Some(4 * http::STREAM_CHUNK as u64);
+        let mut request = client.get(server.url("/metrics"));
+        if gzip {
+            request = request.header("Accept-Encoding", "gzip");
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "the head left with the first chunk");
+        let body = response.bytes().await;
+        assert!(body.is_err(), "gzip {gzip}: the body ended as if whole");
     }
     server.shutdown().await;
 }
