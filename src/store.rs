@@ -36,7 +36,7 @@ use crate::error_code::{ErrorClass, classify};
 use crate::outcome::{Attributes, Outcome};
 use crate::pattern::Patterns;
 use crate::snapshot::{Changes, Snapshot};
-use crate::state_file::{Persisted, PersistedGroup};
+use crate::state_file::{Persisted, StateSink};
 
 /// Whether [`Store::set_assigned`] drops the state-file snapshots of groups it does not list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -430,14 +430,22 @@ impl Store {
     /// yet (so a restart before their first poll does not lose them).
     pub fn persisted(&self) -> Persisted {
         let mut out = Persisted::default();
-        let mut pending: Vec<(u64, Vec<Box<str>>)> = Vec::new();
+        self.persist_into(&mut out)
+            .expect("collecting into memory cannot fail");
+        out
+    }
+
+    /// Hands what [`Store::persisted`] returns to `sink` group by group, app by app, without a
+    /// copy of it all: the daemon streams it into the state file.
+    ///
+    /// In chunks of [`RENDER_CHUNK`] groups, the app's lock (or the seeds' lock) released between
+    /// them: copying 250,000 snapshots under one hold stalled every poll of the app for a third
+    /// of a second (BENCHMARKS, "Scale"). A change made during the walk bumps the generation, so
+    /// the next write takes it.
+    pub(crate) fn persist_into(&self, sink: &mut impl StateSink) -> std::io::Result<()> {
         for (sdkappid, app) in self.app_list() {
-            let entry = out.apps.entry(sdkappid).or_default();
+            // Groups with no success yet: their state-file snapshot, if any, is what they keep.
             let mut unseen = Vec::new();
-            // In chunks, the app's lock released between them: copying 250,000 snapshots under
-            // one hold stalled every poll of the app for a third of a second (BENCHMARKS,
-            // "Scale"). Each group is still copied whole; a change made during the walk bumps
-            // the generation, so the next write takes it.
             let mut after: Option<Box<str>> = None;
             loop {
                 let groups = lock(&app.groups);
@@ -450,40 +458,34 @@ impl Store {
                 for (id, g) in range.take(RENDER_CHUNK) {
                     seen += 1;
                     match &g.success {
-                        Some(s) => {
-                            entry.insert(
-                                id.to_string(),
-                                PersistedGroup::of(&s.snapshot, s.last_change),
-                            );
-                        }
+                        Some(s) => sink.group(sdkappid, id, &s.snapshot, s.last_change),
                         None => unseen.push(id.clone()),
                     }
                     last = Some(id);
                 }
+                after = last.cloned();
+                drop(groups);
+                sink.end_of_chunk()?;
                 if seen < RENDER_CHUNK {
                     break;
                 }
-                after = last.cloned();
             }
-            pending.push((sdkappid, unseen));
-        }
-        let seeds = lock(&self.seeds);
-        for (sdkappid, ids) in pending {
-            let Some(app_seeds) = seeds.get(&sdkappid) else {
-                continue;
-            };
-            let entry = out.apps.entry(sdkappid).or_default();
-            for id in ids {
-                if let Some(seed) = app_seeds.get(&id) {
-                    entry.insert(
-                        id.to_string(),
-                        PersistedGroup::of(&seed.snapshot, seed.last_change),
-                    );
+            for ids in unseen.chunks(RENDER_CHUNK) {
+                {
+                    let seeds = lock(&self.seeds);
+                    let Some(app_seeds) = seeds.get(&sdkappid) else {
+                        break;
+                    };
+                    for id in ids {
+                        if let Some(seed) = app_seeds.get(id) {
+                            sink.group(sdkappid, id, &seed.snapshot, seed.last_change);
+                        }
+                    }
                 }
+                sink.end_of_chunk()?;
             }
         }
-        out.apps.retain(|_, groups| !groups.is_empty());
-        out
+        Ok(())
     }
 
     fn app_list(&self) -> Vec<(u64, Arc<AppState>)> {
@@ -767,6 +769,7 @@ mod tests {
     use super::testing::*;
     use super::*;
     use crate::snapshot::{hash48, set_hash};
+    use crate::state_file::{StateFileWriter, read_state_file};
     use proptest::prelude::*;
 
     /// What the view shows of a group's last success, owned.
@@ -1086,6 +1089,77 @@ mod tests {
             };
             assert_eq!(again.apps[&1][id].attributes[0].hash, want, "{id}");
         }
+    }
+
+    /// Counts what [`Store::persist_into`] hands over between two ends of chunks.
+    #[derive(Default)]
+    struct ChunkSizes {
+        open: usize,
+        sizes: Vec<usize>,
+        apps: Vec<u64>,
+    }
+
+    impl StateSink for ChunkSizes {
+        fn group(&mut self, sdkappid: u64, _: &str, _: &Snapshot, _: f64) {
+            self.open += 1;
+            if self.apps.last() != Some(&sdkappid) {
+                self.apps.push(sdkappid);
+            }
+        }
+
+        fn end_of_chunk(&mut self) -> std::io::Result<()> {
+            self.sizes.push(std::mem::take(&mut self.open));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_state_file_is_streamed_in_chunks_and_reads_back_as_persisted() {
+        // Two apps; the first with more than two chunks of groups, a third of them only seeded
+        // (a restart before their first poll), so both walks run over several chunks.
+        let n = 2 * RENDER_CHUNK + 77;
+        let ids: Vec<String> = (0..n).map(|i| format!("@TGS#g{i:05}")).collect();
+        let old = Store::new();
+        old.set_assigned(1, &ids, Seeds::DropUnlisted);
+        for id in &ids {
+            old.apply(1, id, &ok(&attrs(&[("k", id), ("\"q\"", "x")])), 1.0);
+        }
+        let store = Store::new();
+        store.seed_from(old.persisted());
+        store.set_assigned(1, &ids, Seeds::Keep);
+        store.set_assigned(2, ["h", "i"], Seeds::DropUnlisted);
+        for id in ids.iter().filter(|id| !id.ends_with('0')) {
+            store.apply(1, id, &ok(&attrs(&[("k", "new")])), 2.0);
+        }
+        store.apply(2, "h", &ok(&attrs(&[("a", "1")])), 3.0);
+
+        let mut chunks = ChunkSizes::default();
+        store.persist_into(&mut chunks).expect("counted");
+        assert!(
+            chunks.sizes.iter().all(|&s| s <= RENDER_CHUNK),
+            "{:?}",
+            chunks.sizes
+        );
+        assert!(chunks.sizes.len() > 4, "{:?}", chunks.sizes);
+        assert_eq!(chunks.sizes.iter().sum::<usize>(), n + 1);
+        assert_eq!(chunks.apps, [1, 2], "each app's groups come together");
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.json");
+        let mut file = StateFileWriter::create(&path).expect("created");
+        store.persist_into(&mut file).expect("streamed");
+        file.commit().expect("committed");
+        let read = read_state_file(&path).expect("the streamed file reads back");
+        let persisted = store.persisted();
+        assert_eq!(read, persisted);
+        assert_eq!(persisted.apps[&1].len(), n);
+        assert_eq!(persisted.apps[&2].len(), 1);
+        assert_eq!(
+            persisted.apps[&1]["@TGS#g00010"].attributes.len(),
+            2,
+            "a seed kept"
+        );
+        assert_eq!(persisted.apps[&1]["@TGS#g00011"].attributes.len(), 1);
     }
 
     #[test]
