@@ -30,7 +30,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::error_code::{ErrorClass, classify};
 use crate::outcome::{Attributes, Outcome};
@@ -130,6 +132,8 @@ struct Group {
 /// Lock order: `groups`, then `settings`.
 #[derive(Debug, Default)]
 struct AppState {
+    /// `parking_lot`'s, for its fair unlock: a walk in chunks hands the lock to a waiting poll
+    /// between two chunks (see [`RENDER_CHUNK`]).
     groups: Mutex<BTreeMap<Box<str>, Group>>,
     settings: RwLock<Arc<AppSettings>>,
 }
@@ -140,15 +144,12 @@ impl AppState {
     }
 }
 
-/// Recovers a poisoned lock: the data under these locks stays consistent between statements, and
-/// a panic elsewhere must not stop `/metrics` or polling.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// How many groups [`AppView::for_each_group`] visits per acquisition of an app's lock, so a
-/// scrape of a very large app never blocks polling for more than a fraction of a millisecond at
-/// a time.
+/// How many groups [`AppView::for_each_group`] (and the state file's walk) visits per acquisition
+/// of an app's lock, so a scrape of a very large app never blocks polling for more than a
+/// fraction of a millisecond at a time. Each chunk ends with a fair unlock, which hands the lock
+/// to a waiting poll: with a plain unlock the walk took it back at once, before the woken poll
+/// thread ran, and a 250,000-group state write starved polling for a quarter of a second
+/// (BENCHMARKS, "Scale": the poll thread woken 440 times by the writer, asleep again each time).
 pub const RENDER_CHUNK: usize = 512;
 
 /// The state of every group this instance polls. `Send + Sync`; share it through an `Arc`.
@@ -198,7 +199,7 @@ impl Store {
     /// poll or when it is not assigned. The daemon logs transitions with it.
     pub fn error_code(&self, sdkappid: u64, group_id: &str) -> Option<i64> {
         let app = self.app(sdkappid)?;
-        let groups = lock(&app.groups);
+        let groups = app.groups.lock();
         groups.get(group_id)?.error_code
     }
 
@@ -226,7 +227,7 @@ impl Store {
         let wanted: HashSet<&str> = listed.iter().map(AsRef::as_ref).collect();
         let mut dropped_snapshot = false;
         {
-            let mut groups = lock(&app.groups);
+            let mut groups = app.groups.lock();
             groups.retain(|id, g| {
                 let keep = wanted.contains(&**id);
                 dropped_snapshot |= !keep && g.success.is_some();
@@ -238,7 +239,7 @@ impl Store {
                 }
             }
         }
-        let mut all_seeds = lock(&self.seeds);
+        let mut all_seeds = self.seeds.lock();
         if let (Seeds::DropUnlisted, Some(app_seeds)) = (seeds, all_seeds.get_mut(&sdkappid)) {
             let before = app_seeds.len();
             app_seeds.retain(|id, _| wanted.contains(&**id));
@@ -258,7 +259,7 @@ impl Store {
             Arc::clone(apps.entry(sdkappid).or_default())
         };
         let settings = Arc::new(settings);
-        let mut groups = lock(&app.groups);
+        let mut groups = app.groups.lock();
         let old = std::mem::replace(
             &mut *app.settings.write().unwrap_or_else(PoisonError::into_inner),
             Arc::clone(&settings),
@@ -281,7 +282,8 @@ impl Store {
             let mut apps = self.apps.write().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(apps.entry(sdkappid).or_default())
         };
-        lock(&app.groups)
+        app.groups
+            .lock()
             .entry(group_id.into())
             .or_insert_with(Group::default);
     }
@@ -293,7 +295,7 @@ impl Store {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&sdkappid);
-        let seeded = lock(&self.seeds).remove(&sdkappid);
+        let seeded = self.seeds.lock().remove(&sdkappid);
         if removed.is_some() || seeded.is_some() {
             self.bump();
         }
@@ -317,7 +319,7 @@ impl Store {
                 let gone = classify(code) == ErrorClass::PerGroup;
                 let mut had_snapshot = false;
                 {
-                    let mut groups = lock(&app.groups);
+                    let mut groups = app.groups.lock();
                     let group = groups.get_mut(group_id)?;
                     group.error_code = Some(code);
                     if gone {
@@ -325,7 +327,7 @@ impl Store {
                     }
                 }
                 if gone {
-                    let mut seeds = lock(&self.seeds);
+                    let mut seeds = self.seeds.lock();
                     let seeded = seeds
                         .get_mut(&sdkappid)
                         .and_then(|s| s.remove(group_id))
@@ -338,7 +340,7 @@ impl Store {
                 None
             }
             Outcome::NoAnswer(_) => {
-                let mut groups = lock(&app.groups);
+                let mut groups = app.groups.lock();
                 groups.get_mut(group_id)?.error_code = Some(-1);
                 None
             }
@@ -358,7 +360,7 @@ impl Store {
         let settings = app.settings();
         let ignore = settings.for_group(group_id).ignore_keys.as_deref();
         let mut next = Snapshot::of(attrs, ignore);
-        let mut groups = lock(&app.groups);
+        let mut groups = app.groups.lock();
         let current = app.settings();
         let ignore = current.for_group(group_id).ignore_keys.as_deref();
         if !Arc::ptr_eq(&settings, &current) {
@@ -380,7 +382,9 @@ impl Store {
             None => {
                 // The first successful poll (in this process, or since the API said the group was
                 // gone) is the baseline; only a state-file snapshot gives it something to diff.
-                let seed = lock(&self.seeds)
+                let seed = self
+                    .seeds
+                    .lock()
                     .get_mut(&sdkappid)
                     .and_then(|s| s.remove(group_id));
                 let mut success = Success {
@@ -411,7 +415,7 @@ impl Store {
     /// Snapshots of groups that are never assigned are dropped by the next [`Store::set_assigned`]
     /// of their app.
     pub fn seed_from(&self, persisted: Persisted) {
-        let mut seeds = lock(&self.seeds);
+        let mut seeds = self.seeds.lock();
         for (sdkappid, groups) in persisted.apps {
             let app_seeds = seeds.entry(sdkappid).or_default();
             for (group_id, g) in groups {
@@ -438,17 +442,17 @@ impl Store {
     /// Hands what [`Store::persisted`] returns to `sink` group by group, app by app, without a
     /// copy of it all: the daemon streams it into the state file.
     ///
-    /// In chunks of [`RENDER_CHUNK`] groups, the app's lock (or the seeds' lock) released between
-    /// them: copying 250,000 snapshots under one hold stalled every poll of the app for a third
-    /// of a second (BENCHMARKS, "Scale"). A change made during the walk bumps the generation, so
-    /// the next write takes it.
+    /// In chunks of [`RENDER_CHUNK`] groups, the app's lock (or the seeds' lock) handed to any
+    /// waiting poll between them: copying 250,000 snapshots under one hold stalled every poll of
+    /// the app for a third of a second (BENCHMARKS, "Scale"). A change made during the walk bumps
+    /// the generation, so the next write takes it.
     pub(crate) fn persist_into(&self, sink: &mut impl StateSink) -> std::io::Result<()> {
         for (sdkappid, app) in self.app_list() {
             // Groups with no success yet: their state-file snapshot, if any, is what they keep.
             let mut unseen = Vec::new();
             let mut after: Option<Box<str>> = None;
             loop {
-                let groups = lock(&app.groups);
+                let groups = app.groups.lock();
                 let range = match &after {
                     None => groups.range::<str, _>(..),
                     Some(c) => groups.range::<str, _>((Bound::Excluded(&**c), Bound::Unbounded)),
@@ -464,24 +468,23 @@ impl Store {
                     last = Some(id);
                 }
                 after = last.cloned();
-                drop(groups);
+                MutexGuard::unlock_fair(groups);
                 sink.end_of_chunk()?;
                 if seen < RENDER_CHUNK {
                     break;
                 }
             }
             for ids in unseen.chunks(RENDER_CHUNK) {
-                {
-                    let seeds = lock(&self.seeds);
-                    let Some(app_seeds) = seeds.get(&sdkappid) else {
-                        break;
-                    };
-                    for id in ids {
-                        if let Some(seed) = app_seeds.get(id) {
-                            sink.group(sdkappid, id, &seed.snapshot, seed.last_change);
-                        }
+                let seeds = self.seeds.lock();
+                let Some(app_seeds) = seeds.get(&sdkappid) else {
+                    break;
+                };
+                for id in ids {
+                    if let Some(seed) = app_seeds.get(id) {
+                        sink.group(sdkappid, id, &seed.snapshot, seed.last_change);
                     }
                 }
+                MutexGuard::unlock_fair(seeds);
                 sink.end_of_chunk()?;
             }
         }
@@ -540,7 +543,7 @@ impl AppView {
         after: Option<&str>,
         mut f: impl FnMut(GroupView<'_>),
     ) -> Option<Box<str>> {
-        let groups = lock(&self.state.groups);
+        let groups = self.state.groups.lock();
         let settings = self.state.settings();
         let range = match after {
             None => groups.range::<str, _>(..),
@@ -557,10 +560,13 @@ impl AppView {
             });
             last = Some(id);
         }
-        if seen < RENDER_CHUNK {
-            return None;
-        }
-        last.cloned()
+        let next = if seen < RENDER_CHUNK {
+            None
+        } else {
+            last.cloned()
+        };
+        MutexGuard::unlock_fair(groups);
+        next
     }
 }
 
