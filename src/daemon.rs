@@ -295,8 +295,13 @@ impl Daemon {
         if self.written_generation.load(Ordering::Acquire) == generation + 1 {
             return;
         }
-        let persisted = self.store.persisted();
-        match state_file::write_state_file(&path, &persisted) {
+        // Streamed from the store into the file, chunk by chunk: no copy of every group, no
+        // buffer of the whole file.
+        let written = state_file::StateFileWriter::create(&path).and_then(|mut file| {
+            self.store.persist_into(&mut file)?;
+            file.commit()
+        });
+        match written {
             Ok(()) => {
                 // Stored off by one so that 0 means "never written".
                 self.written_generation

@@ -30,13 +30,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::error_code::{ErrorClass, classify};
 use crate::outcome::{Attributes, Outcome};
 use crate::pattern::Patterns;
 use crate::snapshot::{Changes, Snapshot};
-use crate::state_file::{Persisted, PersistedGroup};
+use crate::state_file::{Persisted, StateSink};
 
 /// Whether [`Store::set_assigned`] drops the state-file snapshots of groups it does not list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +132,8 @@ struct Group {
 /// Lock order: `groups`, then `settings`.
 #[derive(Debug, Default)]
 struct AppState {
+    /// `parking_lot`'s, for its fair unlock: a walk in chunks hands the lock to a waiting poll
+    /// between two chunks (see [`RENDER_CHUNK`]).
     groups: Mutex<BTreeMap<Box<str>, Group>>,
     settings: RwLock<Arc<AppSettings>>,
 }
@@ -140,15 +144,12 @@ impl AppState {
     }
 }
 
-/// Recovers a poisoned lock: the data under these locks stays consistent between statements, and
-/// a panic elsewhere must not stop `/metrics` or polling.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// How many groups [`AppView::for_each_group`] visits per acquisition of an app's lock, so a
-/// scrape of a very large app never blocks polling for more than a fraction of a millisecond at
-/// a time.
+/// How many groups [`AppView::for_each_group`] (and the state file's walk) visits per acquisition
+/// of an app's lock, so a scrape of a very large app never blocks polling for more than a
+/// fraction of a millisecond at a time. Each chunk ends with a fair unlock, which hands the lock
+/// to a waiting poll: with a plain unlock the walk took it back at once, before the woken poll
+/// thread ran, and a 250,000-group state write starved polling for a quarter of a second
+/// (BENCHMARKS, "Scale": the poll thread woken 440 times by the writer, asleep again each time).
 pub const RENDER_CHUNK: usize = 512;
 
 /// The state of every group this instance polls. `Send + Sync`; share it through an `Arc`.
@@ -198,7 +199,7 @@ impl Store {
     /// poll or when it is not assigned. The daemon logs transitions with it.
     pub fn error_code(&self, sdkappid: u64, group_id: &str) -> Option<i64> {
         let app = self.app(sdkappid)?;
-        let groups = lock(&app.groups);
+        let groups = app.groups.lock();
         groups.get(group_id)?.error_code
     }
 
@@ -226,7 +227,7 @@ impl Store {
         let wanted: HashSet<&str> = listed.iter().map(AsRef::as_ref).collect();
         let mut dropped_snapshot = false;
         {
-            let mut groups = lock(&app.groups);
+            let mut groups = app.groups.lock();
             groups.retain(|id, g| {
                 let keep = wanted.contains(&**id);
                 dropped_snapshot |= !keep && g.success.is_some();
@@ -238,7 +239,7 @@ impl Store {
                 }
             }
         }
-        let mut all_seeds = lock(&self.seeds);
+        let mut all_seeds = self.seeds.lock();
         if let (Seeds::DropUnlisted, Some(app_seeds)) = (seeds, all_seeds.get_mut(&sdkappid)) {
             let before = app_seeds.len();
             app_seeds.retain(|id, _| wanted.contains(&**id));
@@ -258,7 +259,7 @@ impl Store {
             Arc::clone(apps.entry(sdkappid).or_default())
         };
         let settings = Arc::new(settings);
-        let mut groups = lock(&app.groups);
+        let mut groups = app.groups.lock();
         let old = std::mem::replace(
             &mut *app.settings.write().unwrap_or_else(PoisonError::into_inner),
             Arc::clone(&settings),
@@ -281,7 +282,8 @@ impl Store {
             let mut apps = self.apps.write().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(apps.entry(sdkappid).or_default())
         };
-        lock(&app.groups)
+        app.groups
+            .lock()
             .entry(group_id.into())
             .or_insert_with(Group::default);
     }
@@ -293,7 +295,7 @@ impl Store {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&sdkappid);
-        let seeded = lock(&self.seeds).remove(&sdkappid);
+        let seeded = self.seeds.lock().remove(&sdkappid);
         if removed.is_some() || seeded.is_some() {
             self.bump();
         }
@@ -317,7 +319,7 @@ impl Store {
                 let gone = classify(code) == ErrorClass::PerGroup;
                 let mut had_snapshot = false;
                 {
-                    let mut groups = lock(&app.groups);
+                    let mut groups = app.groups.lock();
                     let group = groups.get_mut(group_id)?;
                     group.error_code = Some(code);
                     if gone {
@@ -325,7 +327,7 @@ impl Store {
                     }
                 }
                 if gone {
-                    let mut seeds = lock(&self.seeds);
+                    let mut seeds = self.seeds.lock();
                     let seeded = seeds
                         .get_mut(&sdkappid)
                         .and_then(|s| s.remove(group_id))
@@ -338,7 +340,7 @@ impl Store {
                 None
             }
             Outcome::NoAnswer(_) => {
-                let mut groups = lock(&app.groups);
+                let mut groups = app.groups.lock();
                 groups.get_mut(group_id)?.error_code = Some(-1);
                 None
             }
@@ -358,7 +360,7 @@ impl Store {
         let settings = app.settings();
         let ignore = settings.for_group(group_id).ignore_keys.as_deref();
         let mut next = Snapshot::of(attrs, ignore);
-        let mut groups = lock(&app.groups);
+        let mut groups = app.groups.lock();
         let current = app.settings();
         let ignore = current.for_group(group_id).ignore_keys.as_deref();
         if !Arc::ptr_eq(&settings, &current) {
@@ -380,7 +382,9 @@ impl Store {
             None => {
                 // The first successful poll (in this process, or since the API said the group was
                 // gone) is the baseline; only a state-file snapshot gives it something to diff.
-                let seed = lock(&self.seeds)
+                let seed = self
+                    .seeds
+                    .lock()
                     .get_mut(&sdkappid)
                     .and_then(|s| s.remove(group_id));
                 let mut success = Success {
@@ -411,7 +415,7 @@ impl Store {
     /// Snapshots of groups that are never assigned are dropped by the next [`Store::set_assigned`]
     /// of their app.
     pub fn seed_from(&self, persisted: Persisted) {
-        let mut seeds = lock(&self.seeds);
+        let mut seeds = self.seeds.lock();
         for (sdkappid, groups) in persisted.apps {
             let app_seeds = seeds.entry(sdkappid).or_default();
             for (group_id, g) in groups {
@@ -430,17 +434,25 @@ impl Store {
     /// yet (so a restart before their first poll does not lose them).
     pub fn persisted(&self) -> Persisted {
         let mut out = Persisted::default();
-        let mut pending: Vec<(u64, Vec<Box<str>>)> = Vec::new();
+        self.persist_into(&mut out)
+            .expect("collecting into memory cannot fail");
+        out
+    }
+
+    /// Hands what [`Store::persisted`] returns to `sink` group by group, app by app, without a
+    /// copy of it all: the daemon streams it into the state file.
+    ///
+    /// In chunks of [`RENDER_CHUNK`] groups, the app's lock (or the seeds' lock) handed to any
+    /// waiting poll between them: copying 250,000 snapshots under one hold stalled every poll of
+    /// the app for a third of a second (BENCHMARKS, "Scale"). A change made during the walk bumps
+    /// the generation, so the next write takes it.
+    pub(crate) fn persist_into(&self, sink: &mut impl StateSink) -> std::io::Result<()> {
         for (sdkappid, app) in self.app_list() {
-            let entry = out.apps.entry(sdkappid).or_default();
+            // Groups with no success yet: their state-file snapshot, if any, is what they keep.
             let mut unseen = Vec::new();
-            // In chunks, the app's lock released between them: copying 250,000 snapshots under
-            // one hold stalled every poll of the app for a third of a second (BENCHMARKS,
-            // "Scale"). Each group is still copied whole; a change made during the walk bumps
-            // the generation, so the next write takes it.
             let mut after: Option<Box<str>> = None;
             loop {
-                let groups = lock(&app.groups);
+                let groups = app.groups.lock();
                 let range = match &after {
                     None => groups.range::<str, _>(..),
                     Some(c) => groups.range::<str, _>((Bound::Excluded(&**c), Bound::Unbounded)),
@@ -450,40 +462,33 @@ impl Store {
                 for (id, g) in range.take(RENDER_CHUNK) {
                     seen += 1;
                     match &g.success {
-                        Some(s) => {
-                            entry.insert(
-                                id.to_string(),
-                                PersistedGroup::of(&s.snapshot, s.last_change),
-                            );
-                        }
+                        Some(s) => sink.group(sdkappid, id, &s.snapshot, s.last_change),
                         None => unseen.push(id.clone()),
                     }
                     last = Some(id);
                 }
+                after = last.cloned();
+                MutexGuard::unlock_fair(groups);
+                sink.end_of_chunk()?;
                 if seen < RENDER_CHUNK {
                     break;
                 }
-                after = last.cloned();
             }
-            pending.push((sdkappid, unseen));
-        }
-        let seeds = lock(&self.seeds);
-        for (sdkappid, ids) in pending {
-            let Some(app_seeds) = seeds.get(&sdkappid) else {
-                continue;
-            };
-            let entry = out.apps.entry(sdkappid).or_default();
-            for id in ids {
-                if let Some(seed) = app_seeds.get(&id) {
-                    entry.insert(
-                        id.to_string(),
-                        PersistedGroup::of(&seed.snapshot, seed.last_change),
-                    );
+            for ids in unseen.chunks(RENDER_CHUNK) {
+                let seeds = self.seeds.lock();
+                let Some(app_seeds) = seeds.get(&sdkappid) else {
+                    break;
+                };
+                for id in ids {
+                    if let Some(seed) = app_seeds.get(id) {
+                        sink.group(sdkappid, id, &seed.snapshot, seed.last_change);
+                    }
                 }
+                MutexGuard::unlock_fair(seeds);
+                sink.end_of_chunk()?;
             }
         }
-        out.apps.retain(|_, groups| !groups.is_empty());
-        out
+        Ok(())
     }
 
     fn app_list(&self) -> Vec<(u64, Arc<AppState>)> {
@@ -538,7 +543,7 @@ impl AppView {
         after: Option<&str>,
         mut f: impl FnMut(GroupView<'_>),
     ) -> Option<Box<str>> {
-        let groups = lock(&self.state.groups);
+        let groups = self.state.groups.lock();
         let settings = self.state.settings();
         let range = match after {
             None => groups.range::<str, _>(..),
@@ -555,10 +560,13 @@ impl AppView {
             });
             last = Some(id);
         }
-        if seen < RENDER_CHUNK {
-            return None;
-        }
-        last.cloned()
+        let next = if seen < RENDER_CHUNK {
+            None
+        } else {
+            last.cloned()
+        };
+        MutexGuard::unlock_fair(groups);
+        next
     }
 }
 
@@ -767,6 +775,7 @@ mod tests {
     use super::testing::*;
     use super::*;
     use crate::snapshot::{hash48, set_hash};
+    use crate::state_file::{StateFileWriter, read_state_file};
     use proptest::prelude::*;
 
     /// What the view shows of a group's last success, owned.
@@ -1086,6 +1095,77 @@ mod tests {
             };
             assert_eq!(again.apps[&1][id].attributes[0].hash, want, "{id}");
         }
+    }
+
+    /// Counts what [`Store::persist_into`] hands over between two ends of chunks.
+    #[derive(Default)]
+    struct ChunkSizes {
+        open: usize,
+        sizes: Vec<usize>,
+        apps: Vec<u64>,
+    }
+
+    impl StateSink for ChunkSizes {
+        fn group(&mut self, sdkappid: u64, _: &str, _: &Snapshot, _: f64) {
+            self.open += 1;
+            if self.apps.last() != Some(&sdkappid) {
+                self.apps.push(sdkappid);
+            }
+        }
+
+        fn end_of_chunk(&mut self) -> std::io::Result<()> {
+            self.sizes.push(std::mem::take(&mut self.open));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_state_file_is_streamed_in_chunks_and_reads_back_as_persisted() {
+        // Two apps; the first with more than two chunks of groups, a third of them only seeded
+        // (a restart before their first poll), so both walks run over several chunks.
+        let n = 2 * RENDER_CHUNK + 77;
+        let ids: Vec<String> = (0..n).map(|i| format!("@TGS#g{i:05}")).collect();
+        let old = Store::new();
+        old.set_assigned(1, &ids, Seeds::DropUnlisted);
+        for id in &ids {
+            old.apply(1, id, &ok(&attrs(&[("k", id), ("\"q\"", "x")])), 1.0);
+        }
+        let store = Store::new();
+        store.seed_from(old.persisted());
+        store.set_assigned(1, &ids, Seeds::Keep);
+        store.set_assigned(2, ["h", "i"], Seeds::DropUnlisted);
+        for id in ids.iter().filter(|id| !id.ends_with('0')) {
+            store.apply(1, id, &ok(&attrs(&[("k", "new")])), 2.0);
+        }
+        store.apply(2, "h", &ok(&attrs(&[("a", "1")])), 3.0);
+
+        let mut chunks = ChunkSizes::default();
+        store.persist_into(&mut chunks).expect("counted");
+        assert!(
+            chunks.sizes.iter().all(|&s| s <= RENDER_CHUNK),
+            "{:?}",
+            chunks.sizes
+        );
+        assert!(chunks.sizes.len() > 4, "{:?}", chunks.sizes);
+        assert_eq!(chunks.sizes.iter().sum::<usize>(), n + 1);
+        assert_eq!(chunks.apps, [1, 2], "each app's groups come together");
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.json");
+        let mut file = StateFileWriter::create(&path).expect("created");
+        store.persist_into(&mut file).expect("streamed");
+        file.commit().expect("committed");
+        let read = read_state_file(&path).expect("the streamed file reads back");
+        let persisted = store.persisted();
+        assert_eq!(read, persisted);
+        assert_eq!(persisted.apps[&1].len(), n);
+        assert_eq!(persisted.apps[&2].len(), 1);
+        assert_eq!(
+            persisted.apps[&1]["@TGS#g00010"].attributes.len(),
+            2,
+            "a seed kept"
+        );
+        assert_eq!(persisted.apps[&1]["@TGS#g00011"].attributes.len(), 1);
     }
 
     #[test]
