@@ -9,8 +9,9 @@
 //! blocking pool (bcrypt one check at a time).
 //!
 //! `/metrics` is streamed: the render writes into bounded chunks that a channel of
-//! [`STREAM_CHUNKS`] carries to the response body (chunked, gzip compressed on the way when
-//! asked), so a scrape holds a few hundred KiB rather than the whole text, and a slow reader
+//! [`STREAM_CHUNKS`] carries to the response body (chunked; with gzip, compressed on a second
+//! thread as the render goes), so a scrape holds a few hundred KiB rather than the whole text,
+//! and a slow reader
 //! slows the render down instead of piling text up. The render keeps its `max_requests` slot
 //! until it really ends; a reader that goes away or outlasts `request_timeout` stops it at its
 //! next chunk.
