@@ -985,10 +985,7 @@ fn render_into<W: io::Write + Send>(
                 }
                 Ok(encoder)
             })?;
-        let mut pipe = Pipe {
-            buf: Vec::with_capacity(STREAM_CHUNK),
-            tx,
-        };
+        let mut pipe = Chunked::new(Pipe(tx));
         let rendered = service
             .render_metrics(&mut pipe)
             .and_then(|()| pipe.flush());
@@ -1009,28 +1006,52 @@ fn render_into<W: io::Write + Send>(
 /// the one being compressed, the render runs at most this many chunks ahead.
 const PIPE_CHUNKS: usize = 2;
 
-/// The render's end of the pipe to the compressor thread, in [`STREAM_CHUNK`]-byte chunks.
-struct Pipe {
-    buf: Vec<u8>,
-    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
-}
+/// The render's end of the pipe to the compressor thread.
+struct Pipe(std::sync::mpsc::SyncSender<Vec<u8>>);
 
-impl Pipe {
-    fn send(&mut self) -> io::Result<()> {
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(STREAM_CHUNK));
-        self.tx
+impl ChunkSink for Pipe {
+    fn send(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+        self.0
             .send(chunk)
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the compressor stopped"))
     }
 }
 
-impl io::Write for Pipe {
+/// Where [`Chunked`] sends each chunk.
+trait ChunkSink {
+    fn send(&mut self, chunk: Vec<u8>) -> io::Result<()>;
+}
+
+/// A writer that cuts what it is given into [`STREAM_CHUNK`]-byte chunks for its sink; `flush`
+/// sends what is left.
+struct Chunked<S> {
+    buf: Vec<u8>,
+    sink: S,
+}
+
+impl<S: ChunkSink> Chunked<S> {
+    fn new(sink: S) -> Chunked<S> {
+        Chunked {
+            buf: Vec::with_capacity(STREAM_CHUNK),
+            sink,
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(STREAM_CHUNK));
+        self.sink.send(chunk)
+    }
+}
+
+impl<S: ChunkSink> io::Write for Chunked<S> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
+        let room = STREAM_CHUNK.saturating_sub(self.buf.len());
+        let taken = data.len().min(room);
+        self.buf.extend_from_slice(&data[..taken]);
         if self.buf.len() >= STREAM_CHUNK {
             self.send()?;
         }
-        Ok(data.len())
+        Ok(taken)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -1041,14 +1062,12 @@ impl io::Write for Pipe {
     }
 }
 
-/// A writer that cuts what it is given into [`STREAM_CHUNK`]-byte chunks and sends each to the
-/// response body, blocking (backpressure) while [`STREAM_CHUNKS`] are waiting. `flush` sends
-/// what is left. Fails with `BrokenPipe` once the body is gone, and with `TimedOut` when a
-/// chunk still waits once `expired` turns true (the request's deadline): hyper stops polling a
-/// body while the socket is full, so a reader that reads nothing would otherwise hold the
-/// render (and its slot) for as long as it keeps the connection.
+/// The response body as a [`ChunkSink`]: each chunk goes to the body, blocking (backpressure)
+/// while [`STREAM_CHUNKS`] are waiting. Fails with `BrokenPipe` once the body is gone, and with
+/// `TimedOut` when a chunk still waits once `expired` turns true (the request's deadline):
+/// hyper stops polling a body while the socket is full, so a reader that reads nothing would
+/// otherwise hold the render (and its slot) for as long as it keeps the connection.
 struct Chunks {
-    buf: Vec<u8>,
     tx: mpsc::Sender<Bytes>,
     expired: watch::Receiver<bool>,
     /// The server's runtime: this runs on its blocking pool and waits there on the channel.
@@ -1057,20 +1076,18 @@ struct Chunks {
 
 impl Chunks {
     /// Must be called on the server's runtime (its blocking pool included).
-    fn new(tx: mpsc::Sender<Bytes>, expired: watch::Receiver<bool>) -> Chunks {
-        Chunks {
-            buf: Vec::with_capacity(STREAM_CHUNK),
+    fn new(tx: mpsc::Sender<Bytes>, expired: watch::Receiver<bool>) -> Chunked<Chunks> {
+        Chunked::new(Chunks {
             tx,
             expired,
             runtime: tokio::runtime::Handle::current(),
-        }
+        })
     }
+}
 
-    fn send(&mut self) -> io::Result<()> {
-        let chunk = Bytes::from(std::mem::replace(
-            &mut self.buf,
-            Vec::with_capacity(STREAM_CHUNK),
-        ));
+impl ChunkSink for Chunks {
+    fn send(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+        let chunk = Bytes::from(chunk);
         let (tx, expired) = (&self.tx, &mut self.expired);
         // Neither branch needs the runtime's timer or I/O driver, only wakers.
         let sent = self.runtime.block_on(async move {
@@ -1092,25 +1109,6 @@ impl Chunks {
                 "the scraper did not read the body within the request timeout",
             )),
         }
-    }
-}
-
-impl io::Write for Chunks {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let room = STREAM_CHUNK.saturating_sub(self.buf.len());
-        let taken = data.len().min(room);
-        self.buf.extend_from_slice(&data[..taken]);
-        if self.buf.len() >= STREAM_CHUNK {
-            self.send()?;
-        }
-        Ok(taken)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        self.send()
     }
 }
 
