@@ -181,10 +181,13 @@ struct Server {
 
 impl Server {
     async fn start(options: ServerOptions, stub: Arc<Stub>) -> Server {
+        Server::serve(options, stub).await
+    }
+
+    async fn serve(options: ServerOptions, service: Arc<dyn Service>) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let service: Arc<dyn Service> = stub;
         let task = tokio::spawn(http::serve(listener, options, service, async {
             let _ = stopped.await;
         }));
@@ -1428,18 +1431,7 @@ impl Service for Real {
 }
 
 async fn start_real(options: ServerOptions, real: Arc<Real>) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let service: Arc<dyn Service> = real;
-    let task = tokio::spawn(http::serve(listener, options, service, async {
-        let _ = stopped.await;
-    }));
-    Server {
-        addr,
-        stop: Some(stop),
-        task,
-    }
+    Server::serve(options, real).await
 }
 
 /// Without the `process_*` families, whose values move from one render to the next.

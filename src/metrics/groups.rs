@@ -75,10 +75,10 @@ pub(super) fn render(
 }
 
 /// How many families [`TABLE`] holds.
-const FAMILIES: usize = 12;
+pub(super) const FAMILIES: usize = 12;
 
 /// Every family, in the order they are written.
-const TABLE: [Family; FAMILIES] = [
+pub(super) const TABLE: [Family; FAMILIES] = [
     GROUP_UP,
     GROUP_ERROR_CODE,
     GROUP_ATTRIBUTES,
@@ -94,21 +94,21 @@ const TABLE: [Family; FAMILIES] = [
 ];
 
 // Indexes into [`TABLE`].
-const UP_AT: usize = 0;
-const ERROR_CODE_AT: usize = 1;
-const ATTRIBUTES_AT: usize = 2;
-const BYTES_AT: usize = 3;
-const SET_HASH_AT: usize = 4;
-const VALUE_HASH_AT: usize = 5;
-const CHANGES_AT: usize = 6;
-const LAST_CHANGE_AT: usize = 7;
-const LAST_SUCCESS_AT: usize = 8;
-const LABELS_AT: usize = 9;
-const GROUPS_AT: usize = 10;
-const BY_CODE_AT: usize = 11;
+pub(super) const UP_AT: usize = 0;
+pub(super) const ERROR_CODE_AT: usize = 1;
+pub(super) const ATTRIBUTES_AT: usize = 2;
+pub(super) const BYTES_AT: usize = 3;
+pub(super) const SET_HASH_AT: usize = 4;
+pub(super) const VALUE_HASH_AT: usize = 5;
+pub(super) const CHANGES_AT: usize = 6;
+pub(super) const LAST_CHANGE_AT: usize = 7;
+pub(super) const LAST_SUCCESS_AT: usize = 8;
+pub(super) const LABELS_AT: usize = 9;
+pub(super) const GROUPS_AT: usize = 10;
+pub(super) const BY_CODE_AT: usize = 11;
 
 /// The `change` label of each counter, ready to append.
-const CHANGE_LABELS: [&str; 3] = [
+pub(super) const CHANGE_LABELS: [&str; 3] = [
     ",change=\"added\"",
     ",change=\"removed\"",
     ",change=\"modified\"",
@@ -116,7 +116,7 @@ const CHANGE_LABELS: [&str; 3] = [
 
 /// Which families to render: `value_hashes` and `exclude_metrics` together, decided once per
 /// render.
-fn wanted(value_hashes: ValueHashes, exclude: Option<&Patterns>) -> [bool; FAMILIES] {
+pub(super) fn wanted(value_hashes: ValueHashes, exclude: Option<&Patterns>) -> [bool; FAMILIES] {
     let mut on = TABLE.map(|(name, _, _)| !exclude.is_some_and(|p| p.is_match(name)));
     on[SET_HASH_AT] &= value_hashes != ValueHashes::Off;
     on[VALUE_HASH_AT] &= value_hashes == ValueHashes::PerKey;

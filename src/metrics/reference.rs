@@ -7,6 +7,13 @@ use std::fmt::Write as _;
 
 use super::code_labels::{CodeLabel, CodeLabels};
 use super::exposition::{escape_label_value, push_i64, push_u64, start, write_f64};
+// The family table, its indexes and which families a render wants are the streamed render's
+// own: what this oracle checks is the bytes written, not that table.
+use super::groups::{
+    ATTRIBUTES_AT, BY_CODE_AT, BYTES_AT, CHANGE_LABELS, CHANGES_AT, ERROR_CODE_AT, FAMILIES,
+    GROUPS_AT, LABELS_AT, LAST_CHANGE_AT, LAST_SUCCESS_AT, SET_HASH_AT, TABLE, UP_AT,
+    VALUE_HASH_AT, wanted,
+};
 use super::{
     Family, GROUP_ATTRIBUTE_CHANGES, GROUP_ATTRIBUTE_VALUE_HASH, GROUP_ATTRIBUTES,
     GROUP_ATTRIBUTES_BYTES, GROUP_ATTRIBUTES_HASH, GROUP_ERROR_CODE, GROUP_LABELS,
@@ -26,7 +33,7 @@ pub(crate) fn render(
     codes: &BTreeMap<u64, CodeLabels>,
 ) {
     let mut f = Families {
-        on: Families::wanted(value_hashes, exclude),
+        on: wanted(value_hashes, exclude),
         ..Families::default()
     };
     for app in store.apps() {
@@ -80,59 +87,11 @@ struct Families {
     labels: String,
     groups: String,
     by_code: String,
-    /// Whether each family is rendered, in [`Families::TABLE`] order: decided once per render.
+    /// Whether each family is rendered, in [`TABLE`] order: decided once per render.
     on: [bool; FAMILIES],
 }
 
-/// How many families [`Families`] holds.
-const FAMILIES: usize = 12;
-
-// Indexes into [`Families::TABLE`] and `on`.
-const UP_AT: usize = 0;
-const ERROR_CODE_AT: usize = 1;
-const ATTRIBUTES_AT: usize = 2;
-const BYTES_AT: usize = 3;
-const SET_HASH_AT: usize = 4;
-const VALUE_HASH_AT: usize = 5;
-const CHANGES_AT: usize = 6;
-const LAST_CHANGE_AT: usize = 7;
-const LAST_SUCCESS_AT: usize = 8;
-const LABELS_AT: usize = 9;
-const GROUPS_AT: usize = 10;
-const BY_CODE_AT: usize = 11;
-
-/// The `change` label of each counter, ready to append.
-const CHANGE_LABELS: [&str; 3] = [
-    ",change=\"added\"",
-    ",change=\"removed\"",
-    ",change=\"modified\"",
-];
-
 impl Families {
-    /// Every family, in the order they are written.
-    const TABLE: [Family; FAMILIES] = [
-        GROUP_UP,
-        GROUP_ERROR_CODE,
-        GROUP_ATTRIBUTES,
-        GROUP_ATTRIBUTES_BYTES,
-        GROUP_ATTRIBUTES_HASH,
-        GROUP_ATTRIBUTE_VALUE_HASH,
-        GROUP_ATTRIBUTE_CHANGES,
-        GROUP_LAST_CHANGE,
-        GROUP_LAST_SUCCESS,
-        GROUP_LABELS,
-        GROUPS,
-        GROUPS_BY_ERROR_CODE,
-    ];
-
-    /// Which families to render: `value_hashes` and `exclude_metrics` together.
-    fn wanted(value_hashes: ValueHashes, exclude: Option<&Patterns>) -> [bool; FAMILIES] {
-        let mut on = Self::TABLE.map(|(name, _, _)| !exclude.is_some_and(|p| p.is_match(name)));
-        on[SET_HASH_AT] &= value_hashes != ValueHashes::Off;
-        on[VALUE_HASH_AT] &= value_hashes == ValueHashes::PerKey;
-        on
-    }
-
     fn buffers(&mut self) -> [&mut String; FAMILIES] {
         [
             &mut self.up,
@@ -248,7 +207,7 @@ impl Families {
 
     fn finish(mut self, out: &mut String) {
         let bufs = self.buffers().map(std::mem::take);
-        let parts: Vec<(Family, String)> = Self::TABLE.into_iter().zip(bufs).collect();
+        let parts: Vec<(Family, String)> = TABLE.into_iter().zip(bufs).collect();
         let total: usize = parts.iter().map(|(f, s)| s.len() + f.2.len() + 64).sum();
         out.reserve(total);
         for ((name, kind, help), samples) in parts {
