@@ -5,9 +5,7 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 use timattr_exporter::fake::GroupType;
 
@@ -380,40 +378,6 @@ fn version_prints_revision_build_date_and_toolchain() {
     }
 }
 
-/// The binary with exactly `args` (no `--web.listen-address` added, unlike [`Exporter::start`]),
-/// once its startup line is logged; `addr` is the address it logged it listens on.
-fn start_with_args(args: &[&str]) -> Exporter {
-    let mut child = Command::new(exporter_bin())
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("exporter starts");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().expect("stderr piped");
-    let sink = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let mut exporter = Exporter {
-        child,
-        addr: String::new(),
-        log,
-    };
-    let line = exporter
-        .wait_for_log("timattr_exporter starting", WAIT)
-        .unwrap_or_else(|| panic!("no startup line: {}", exporter.logs()));
-    exporter.addr = line
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("listen_address="))
-        .expect("listen_address in the startup line")
-        .trim_matches('"')
-        .to_owned();
-    exporter
-}
-
 /// The port of a logged `host:port` (IPv6 hosts in brackets).
 fn port_of(addr: &str) -> u16 {
     addr.rsplit_once(':')
@@ -446,11 +410,14 @@ async fn colon_port_listens_on_ipv4_and_ipv6() {
     group(&server, "@TGS#a", &[("k", "v")]);
     let cfg = ConfigDir::new(server.base_url().as_str(), &["@TGS#a"], "");
     let config_flag = format!("--config.file={}", cfg.path().display());
-    let mut exporter = start_with_args(&[
-        &config_flag,
-        "--web.listen-address=:0",
-        "--callback.listen-address=:0",
-    ]);
+    let mut exporter = Exporter::spawn_exact(
+        &[
+            &config_flag,
+            "--web.listen-address=:0",
+            "--callback.listen-address=:0",
+        ],
+        &[],
+    );
     let port = port_of(&exporter.addr);
     let callbacks = exporter
         .wait_for_log("receiving callbacks", WAIT)
@@ -475,7 +442,7 @@ async fn bracketed_ipv6_listen_address() {
     let server = fake_with_app().await;
     let cfg = ConfigDir::new(server.base_url().as_str(), &["@TGS#a"], "");
     let config_flag = format!("--config.file={}", cfg.path().display());
-    let mut exporter = start_with_args(&[&config_flag, "--web.listen-address=[::1]:0"]);
+    let mut exporter = Exporter::spawn_exact(&[&config_flag, "--web.listen-address=[::1]:0"], &[]);
     assert!(exporter.addr.starts_with("[::1]:"), "{}", exporter.addr);
     let port = port_of(&exporter.addr);
     assert_eq!(status_at("[::1]", port, "/-/healthy").await, 200);
@@ -488,7 +455,10 @@ async fn bracketed_ipv6_listen_address() {
 async fn demo_polls_the_sample_groups_without_a_config() {
     let dir = tempfile::tempdir().expect("tempdir");
     let absent = format!("--config.file={}", dir.path().join("none.yml").display());
-    let mut exporter = start_with_args(&["--demo", &absent, "--web.listen-address=127.0.0.1:0"]);
+    let mut exporter = Exporter::spawn_exact(
+        &["--demo", &absent, "--web.listen-address=127.0.0.1:0"],
+        &[],
+    );
     let groups = timattr_exporter::fake::demo_group_ids().len() as f64;
     let startup = exporter.logs();
     assert!(startup.contains("apps=1"), "{startup}");

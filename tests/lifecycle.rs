@@ -84,49 +84,6 @@ fn ok_polls(server: &FakeServer, sdkappid: u64, group_id: &str) -> u64 {
         .map_or(0, |t| t.outcome("0"))
 }
 
-/// One entry of the config's `apps` list.
-struct AppYaml<'a> {
-    sdkappid: u64,
-    endpoint: &'a str,
-    key: &'a str,
-    rate_limit: f64,
-    max_concurrency: usize,
-    timeout: &'a str,
-    groups: &'a [String],
-    /// More lines of the app (a `discover` block, extra group entries), indented by four.
-    extra: &'a str,
-}
-
-impl AppYaml<'_> {
-    fn render(&self) -> String {
-        let groups = if self.groups.is_empty() {
-            String::new()
-        } else {
-            let list: String = self
-                .groups
-                .iter()
-                .map(|g| format!("      - {}\n", serde_json::Value::String(g.clone())))
-                .collect();
-            format!("    groups:\n{list}")
-        };
-        format!(
-            "  - sdkappid: {}\n    endpoint: {}\n    identifier: {ADMIN}\n    secret_key: {}\n    rate_limit: {}\n    max_concurrency: {}\n    timeout: {}\n    usersig_ttl: 1h\n{groups}{}",
-            self.sdkappid,
-            serde_json::Value::String(self.endpoint.to_owned()),
-            serde_json::Value::String(self.key.to_owned()),
-            self.rate_limit,
-            self.max_concurrency,
-            self.timeout,
-            self.extra,
-        )
-    }
-}
-
-fn config_yaml(top: &str, apps: &[AppYaml<'_>]) -> String {
-    let apps: String = apps.iter().map(AppYaml::render).collect();
-    format!("{top}apps:\n{apps}")
-}
-
 /// Writes the config into a fresh directory (kept alive by the returned guard).
 fn config_file(yaml: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -107,8 +107,15 @@ impl Exporter {
     }
 
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Exporter {
+        let mut all = vec!["--web.listen-address=127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Exporter::spawn_exact(&all, env)
+    }
+
+    /// The binary with exactly `args` (no `--web.listen-address` added, unlike [`Exporter::start`]),
+    /// once its startup line is logged; `addr` is the address it logged it listens on.
+    pub fn spawn_exact(args: &[&str], env: &[(&str, &str)]) -> Exporter {
         let mut child = Command::new(exporter_bin())
-            .arg("--web.listen-address=127.0.0.1:0")
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -130,7 +137,7 @@ impl Exporter {
         };
         let line = exporter
             .wait_for_log("timattr_exporter starting", Duration::from_secs(20))
-            .expect("startup log line");
+            .unwrap_or_else(|| panic!("no startup line: {}", exporter.logs()));
         let addr = line
             .split_whitespace()
             .find_map(|kv| kv.strip_prefix("listen_address="))
@@ -364,3 +371,46 @@ pub const SPEC_FAMILIES: &[&str] = &[
     "timattr_callbacks_total",
     "timattr_callback_rejections_total",
 ];
+
+/// One entry of the config's `apps` list.
+pub struct AppYaml<'a> {
+    pub sdkappid: u64,
+    pub endpoint: &'a str,
+    pub key: &'a str,
+    pub rate_limit: f64,
+    pub max_concurrency: usize,
+    pub timeout: &'a str,
+    pub groups: &'a [String],
+    /// More lines of the app (a `discover` block, extra group entries), indented by four.
+    pub extra: &'a str,
+}
+
+impl AppYaml<'_> {
+    pub fn render(&self) -> String {
+        let groups = if self.groups.is_empty() {
+            String::new()
+        } else {
+            let list: String = self
+                .groups
+                .iter()
+                .map(|g| format!("      - {}\n", serde_json::Value::String(g.clone())))
+                .collect();
+            format!("    groups:\n{list}")
+        };
+        format!(
+            "  - sdkappid: {}\n    endpoint: {}\n    identifier: {ADMIN}\n    secret_key: {}\n    rate_limit: {}\n    max_concurrency: {}\n    timeout: {}\n    usersig_ttl: 1h\n{groups}{}",
+            self.sdkappid,
+            serde_json::Value::String(self.endpoint.to_owned()),
+            serde_json::Value::String(self.key.to_owned()),
+            self.rate_limit,
+            self.max_concurrency,
+            self.timeout,
+            self.extra,
+        )
+    }
+}
+
+pub fn config_yaml(top: &str, apps: &[AppYaml<'_>]) -> String {
+    let apps: String = apps.iter().map(AppYaml::render).collect();
+    format!("{top}apps:\n{apps}")
+}
