@@ -40,36 +40,50 @@ POLL_TASK = [
     ("ours", "client (URL, query, UserSig, retries)", r"timattr_exporter::client::"),
 ]
 OWNER = [
-    ("ours", "rate limiter (acquire, its slot timer)", r"timattr_exporter::ratelimit::RateLimiter::acquire"),
+    ("ours", "rate limiter (acquire, registering its slot timer)", r"timattr_exporter::ratelimit::RateLimiter::acquire"),
     ("ours", "scheduler (next_due, pop_due)", r"timattr_exporter::schedule::Scheduler::"),
     ("tokio", "spawning the poll task", r"JoinSet.*spawn|task::spawn"),
     ("ours", "reaping ended polls", r"Owner::(reap|ended)"),
 ]
 
 
-OWNERS = ["kernel", "reqwest", "hyper", "tokio", "ours"]
+OWNERS = ["kernel", "reqwest", "hyper", "tls", "tokio", "ours"]
+
+
+# The kernel's work, named by the syscall it ran in: the libc wrapper, the first user-space frame
+# under the kernel's (a wake-up that preempts the sender inside `writev` still counts as sending).
+SYSCALLS = [
+    (r"epoll_wait", "parked in epoll_wait (sleep, wake-up, context switch)"),
+    (r"writev|write|send", "sending: the request onto loopback TCP (the receiver's TCP path runs here too), and eventfd writes"),
+    (r"recv|read", "receiving: the answer off the socket"),
+]
 
 
 def classify(frames):
-    """(owner, row) of one sample; `frames` run from the leaf to the root."""
-    text = " | ".join(frames)
+    """(owner, row) of one sample; `frames` are (address, symbol) from the leaf to the root."""
+    syms = [sym for _, sym in frames]
+    text = " | ".join(syms)
+    # Kernel time first, whichever task made the syscall: a kernel frame has a kernel address.
+    if frames[0][0].startswith("ffffffff"):
+        wrapper = next((sym for addr, sym in frames if not addr.startswith("ffffffff")), "")
+        for pattern, row in SYSCALLS:
+            if re.search(pattern, wrapper):
+                return "kernel", row
+        return "kernel", "other (page faults, interrupts)"
 
     def first(rows, task):
-        for frame in reversed(frames):
+        for sym in reversed(syms):
             for owner, row, pattern in rows:
-                if re.search(pattern, frame):
+                if re.search(pattern, sym):
                     return owner, row
         return ("ours" if task != "tokio" else "tokio"), f"{task}: the rest"
 
     if "current_thread::Context::park" in text:
-        if "do_epoll_wait" in text:
-            return "kernel", "parked in epoll_wait (sleep, wake-up, context switch)"
         return "tokio", "the driver: timers and I/O readiness"
     if "UpgradeableConnection" in text:
-        if "do_writev" in text:
-            return "kernel", "writev: the request onto loopback TCP"
-        if "recvfrom" in text:
-            return "kernel", "recvfrom: the answer off the socket"
+        # rustls's own frames (not the stream wrappers every connection goes through).
+        if any(re.search(r"^<?(rustls|ring)::|aws_lc|ring_core", sym) for sym in syms):
+            return "tls", "rustls: record encryption, decryption and buffers"
         return "hyper", "the connection task: HTTP/1 encoding and parsing"
     if "timattr_exporter::app::Owner::dispatch::{{closure}}" in text:
         return first(POLL_TASK, "poll task")
@@ -120,7 +134,8 @@ def main():
     us = (c1 - c0) / max(1, requests) * 1e6
     counts = collections.Counter()
     for block in script.split("\n\n"):
-        frames = [re.sub(r"^[0-9a-f]+\s+", "", line.strip()) for line in block.splitlines() if line.strip()]
+        frames = [tuple(line.strip().split(None, 1)) for line in block.splitlines() if line.strip()]
+        frames = [f if len(f) == 2 else (f[0], "[unknown]") for f in frames]
         if frames:
             counts[classify(frames)] += 1
     total = sum(counts.values())
