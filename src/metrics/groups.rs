@@ -62,8 +62,11 @@ pub(super) fn render(
             let mut cursor = None;
             loop {
                 let buf = &mut out.buf;
-                let next = app.for_each_group_after(cursor.as_deref(), |group| {
-                    sample(at, buf, &mut head, &lead, group);
+                let next = app.for_each_chunk_after(cursor.as_deref(), |chunk| {
+                    warm(at, chunk);
+                    for &group in chunk {
+                        sample(at, buf, &mut head, &lead, group);
+                    }
                 });
                 out.maybe_flush()?;
                 match next {
@@ -149,6 +152,37 @@ impl Head {
             let _ = writeln!(buf, "# TYPE {name} {kind}");
         }
     }
+}
+
+/// Reads what [`sample`] will read of each group of a chunk, in one pass of loads that do not
+/// wait for each other, so that the cache misses of a chunk overlap instead of coming one after
+/// the other as `sample` writes each group's lines. A group's state lies wherever its last poll
+/// left it in the heap, and each family walks every group again: with the misses in line, a
+/// render of 100,000 groups took twice as long as one of a store laid out in walk order
+/// (`examples/render_groups`).
+fn warm(at: usize, chunk: &[GroupView<'_>]) {
+    let first = |text: &str| u64::from(text.as_bytes().first().copied().unwrap_or(0));
+    let attributes = !matches!(at, UP_AT | ERROR_CODE_AT | LABELS_AT);
+    let mut sum = 0u64;
+    for group in chunk {
+        // The ID is read for every line.
+        sum = sum.wrapping_add(first(group.group_id()));
+        let Some(s) = group.success().filter(|_| attributes) else {
+            continue;
+        };
+        sum = sum.wrapping_add(s.last_success().to_bits());
+        match at {
+            BYTES_AT => sum = sum.wrapping_add(s.bytes()),
+            VALUE_HASH_AT => {
+                for (key, hash) in s.value_hashes() {
+                    sum = sum.wrapping_add(hash ^ first(key));
+                }
+            }
+            _ => {}
+        }
+    }
+    // The loads are the point: kept from being optimised away.
+    std::hint::black_box(sum);
 }
 
 /// One group's samples of the family at `at`, if it has any. `lead` is the start of each line:
