@@ -529,19 +529,22 @@ impl AppView {
     /// deadlock). A change between chunks (a poll, a reload) shows in the later chunks only.
     pub fn for_each_group(&self, mut f: impl FnMut(GroupView<'_>)) {
         let mut cursor = None;
-        while let Some(next) = self.for_each_group_after(cursor.as_deref(), &mut f) {
+        while let Some(next) = self.for_each_chunk_after(cursor.as_deref(), |chunk| {
+            chunk.iter().for_each(|&group| f(group));
+        }) {
             cursor = Some(next);
         }
     }
 
-    /// One chunk of [`AppView::for_each_group`]: calls `f` with at most [`RENDER_CHUNK`] groups
-    /// after `after` (from the first when `None`) under the app's lock, releases it, and returns
-    /// the cursor to pass next, or `None` when the walk is done. A streamed render writes its
-    /// buffer out between two calls, so a slow reader never holds the lock.
-    pub fn for_each_group_after(
+    /// One chunk of [`AppView::for_each_group`]: calls `f` once with at most [`RENDER_CHUNK`]
+    /// groups after `after` (from the first when `None`) under the app's lock, releases it, and
+    /// returns the cursor to pass next, or `None` when the walk is done. A streamed render writes
+    /// its buffer out between two calls, so a slow reader never holds the lock. The whole chunk
+    /// at once lets the render read ahead (`groups::warm`).
+    pub fn for_each_chunk_after(
         &self,
         after: Option<&str>,
-        mut f: impl FnMut(GroupView<'_>),
+        f: impl FnOnce(&[GroupView<'_>]),
     ) -> Option<Box<str>> {
         let groups = self.state.groups.lock();
         let settings = self.state.settings();
@@ -549,22 +552,21 @@ impl AppView {
             None => groups.range::<str, _>(..),
             Some(c) => groups.range::<str, _>((Bound::Excluded(c), Bound::Unbounded)),
         };
-        let mut seen = 0;
-        let mut last = None;
-        for (id, group) in range.take(RENDER_CHUNK) {
-            seen += 1;
-            f(GroupView {
+        let chunk: Vec<GroupView<'_>> = range
+            .take(RENDER_CHUNK)
+            .map(|(id, group)| GroupView {
                 id,
                 group,
                 settings: settings.for_group(id),
-            });
-            last = Some(id);
-        }
-        let next = if seen < RENDER_CHUNK {
+            })
+            .collect();
+        f(&chunk);
+        let next = if chunk.len() < RENDER_CHUNK {
             None
         } else {
-            last.cloned()
+            chunk.last().map(|last| Box::from(last.id))
         };
+        drop(chunk);
         MutexGuard::unlock_fair(groups);
         next
     }

@@ -37,8 +37,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder as _, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 use crate::observe::{Api, ApiObserver};
@@ -475,7 +475,7 @@ impl Metrics {
             families.retain(|f| !exclude.is_match(f.name()));
         }
         // A few KiB per app: encoded in one piece, as before streaming.
-        if let Err(e) = TextEncoder::new().encode_utf8(&families, &mut out.buf) {
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out.buf) {
             // Only a malformed family can cause this; a scrape still gets the per-group part.
             tracing::error!(error = %e, "cannot encode the exporter's metrics");
             out.buf.clear();

@@ -1,12 +1,12 @@
 //! The per-group families as `groups` rendered them before streaming (one pass over the groups
 //! into one buffer per family, joined at the end), kept for the tests: the streamed render must
-//! write the very same bytes.
+//! write the very same bytes. Its numbers and escapes are std's `Display` and a `char` loop,
+//! not the hand-written writers of `exposition`, so it checks those too.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::code_labels::{CodeLabel, CodeLabels};
-use super::exposition::{escape_label_value, push_i64, push_u64, start, write_f64};
 // The family table, its indexes and which families a render wants are the streamed render's
 // own: what this oracle checks is the bytes written, not that table.
 use super::groups::{
@@ -218,5 +218,41 @@ impl Families {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             out.push_str(&samples);
         }
+    }
+}
+
+/// Starts a sample line: `name{labels extra} `.
+fn start(out: &mut String, name: &str, labels: &str, extra: &str) {
+    let _ = write!(out, "{name}{{{labels}{extra}}} ");
+}
+
+fn push_u64(out: &mut String, v: u64) {
+    let _ = write!(out, "{v}");
+}
+
+fn push_i64(out: &mut String, v: i64) {
+    let _ = write!(out, "{v}");
+}
+
+/// `\` → `\\`, `"` → `\"`, newline → `\n`.
+fn escape_label_value(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The value and the line's end: `Display`'s digits, Go's spellings of the non-finite values.
+fn write_f64(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN\n");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf\n" } else { "-Inf\n" });
+    } else {
+        let _ = writeln!(out, "{v}");
     }
 }
