@@ -4,12 +4,11 @@
 //! `valgrind --tool=callgrind target/release/examples/render_groups N R` twice, R = 1 and 2; the
 //! difference is one render. `render_groups N 1 FILE` writes the text to FILE, to compare the
 //! bytes of two builds; `render_groups N R gzip` times R renders, then R compressions of the
-//! text as `/metrics` compresses it (flate2, `Compression::fast()`), one after the other.
+//! text as `/metrics` compresses it (flate2 at `http::GZIP_LEVEL`), one after the other.
 
 use std::io::Write as _;
 use std::time::Instant;
 
-use flate2::Compression;
 use flate2::write::GzEncoder;
 
 use timattr_exporter::metrics::{BuildInfo, Metrics, ValueHashes};
@@ -113,7 +112,7 @@ fn gzip(metrics: &Metrics, store: &Store, renders: usize) {
     let started = Instant::now();
     let mut compressed = 0;
     for _ in 0..renders {
-        let mut encoder = GzEncoder::new(Counting(0), Compression::fast());
+        let mut encoder = GzEncoder::new(Counting(0), timattr_exporter::http::GZIP_LEVEL);
         for piece in text.chunks(256 * 1024) {
             encoder.write_all(piece).expect("a counting sink");
         }
