@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use flate2::write::GzEncoder;
 
-use timattr_exporter::metrics::{BuildInfo, Metrics, ValueHashes};
+use timattr_exporter::metrics::{BuildInfo, GROUP_FAMILIES, Metrics, ValueHashes};
 use timattr_exporter::outcome::Outcome;
 use timattr_exporter::pattern::Patterns;
 use timattr_exporter::store::{Seeds, Store};
@@ -127,23 +127,10 @@ fn gzip(metrics: &Metrics, store: &Store, renders: usize) {
 
 /// Times each family alone (every other one excluded).
 fn families(metrics: &Metrics, store: &Store, renders: usize) {
-    const NAMES: [&str; 12] = [
-        "timattr_group_up",
-        "timattr_group_error_code",
-        "timattr_group_attributes",
-        "timattr_group_attributes_bytes",
-        "timattr_group_attributes_hash",
-        "timattr_group_attribute_value_hash",
-        "timattr_group_attribute_changes_total",
-        "timattr_group_last_change_timestamp_seconds",
-        "timattr_group_last_success_timestamp_seconds",
-        "timattr_group_labels",
-        "timattr_groups",
-        "timattr_groups_by_error_code",
-    ];
+    let names = GROUP_FAMILIES.map(|(name, _, _)| name);
     let mut text = Vec::new();
-    for name in NAMES {
-        let others = Patterns::new(NAMES.into_iter().filter(|&n| n != name)).expect("valid");
+    for name in names {
+        let others = Patterns::new(names.into_iter().filter(|&n| n != name)).expect("valid");
         let started = Instant::now();
         for _ in 0..renders {
             text.clear();

@@ -190,6 +190,10 @@ pub const TOTAL_SHARDS: Family = (
     "The number of shards the groups are split into (--total-shards).",
 );
 
+/// The families [`Metrics::render_groups`] writes (per group, and the per-app counts of
+/// groups), in the order it writes them.
+pub const GROUP_FAMILIES: [Family; groups::FAMILIES] = groups::TABLE;
+
 /// Every family the exporter can expose, except the standard `process_*` ones.
 pub const METRIC_FAMILIES: &[Family] = &[
     GROUP_UP,
