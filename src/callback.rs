@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 use crate::app::{Mailbox, Pushed};
 use crate::secret::SecretKey;
 
-/// Bodies above this are refused with 413 without being read (SPEC).
+/// Bodies above this are refused with 413 and never kept in memory (SPEC).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// How far `RequestTime` may be from the exporter's clock, in seconds (SPEC: 300 s). Tencent
@@ -238,7 +238,7 @@ impl Receiver {
         *self.apps.write().unwrap_or_else(|p| p.into_inner()) = apps;
     }
 
-    /// A body over [`MAX_BODY_BYTES`], refused before it was read.
+    /// A body over [`MAX_BODY_BYTES`], refused without being kept.
     pub fn too_large(&self) {
         self.observer.refused(Refusal::BadRequest);
     }

@@ -64,12 +64,17 @@ pub trait CallbackService: Send + Sync + 'static {
     /// One callback: its query string and whole body (at most [`MAX_CALLBACK_BODY`]). Returns
     /// the status and the body to answer.
     fn callback(&self, query: &str, body: &[u8]) -> (StatusCode, &'static str);
-    /// A body over [`MAX_CALLBACK_BODY`], refused with 413 without being read.
+    /// A body over [`MAX_CALLBACK_BODY`], refused with 413 without being kept.
     fn too_large(&self);
 }
 
 /// The largest callback body read (SPEC: over 1 MiB is 413).
 pub const MAX_CALLBACK_BODY: usize = crate::callback::MAX_BODY_BYTES;
+
+/// How much of an oversized callback body is read and dropped before its 413, so that the
+/// sender gets the answer (see [`callback`]); past this the answer goes out and the connection
+/// closes. Nothing past [`MAX_CALLBACK_BODY`] is kept, and the request's deadline bounds the time.
+const DRAIN_OVERSIZED_BYTES: u64 = 16 << 20;
 
 /// Which endpoints a listener serves.
 #[derive(Clone)]
@@ -716,11 +721,15 @@ async fn handle(shared: &Shared, request: Request<Incoming>, deadline: Instant) 
 }
 
 /// `POST /callback`: the body read up to its bound, then handed over whole.
+///
+/// A body over the bound is answered 413 once it has been read to its end and thrown away, up
+/// to [`DRAIN_OVERSIZED_BYTES`]: a sender still writing when the listener answers and closes
+/// gets a broken pipe, and HTTP clients such as reqwest then report the write error and never
+/// read the 413. A sender that waits for `100 Continue` is answered at once, before it sends.
 async fn callback(
     service: &Arc<dyn CallbackService>,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    use http_body_util::BodyExt;
     if request.uri().path() != "/callback" {
         return text(StatusCode::NOT_FOUND, "Not Found\n");
     }
@@ -730,30 +739,61 @@ async fn callback(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return r;
     }
-    let too_large = || {
+    let too_large = |close: bool| {
         service.too_large();
-        text(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB\n")
+        let mut r = text(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB\n");
+        if close {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
     };
-    let declared = request
-        .headers()
+    let headers = request.headers();
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > MAX_CALLBACK_BODY as u64) {
-        return too_large();
+        // Unpolled, the body is never asked for: hyper sends `100 Continue` on the first read.
+        let waits = headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if waits || declared.is_some_and(|len| len > DRAIN_OVERSIZED_BYTES) {
+            return too_large(true);
+        }
     }
     let query = request.uri().query().unwrap_or("").to_owned();
-    let body = match http_body_util::Limited::new(request.into_body(), MAX_CALLBACK_BODY)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Err(e) => {
-            debug!(error = %e, "reading a callback body failed");
-            return text(StatusCode::BAD_REQUEST, "body could not be read\n");
+    let mut incoming = request.into_body();
+    let mut body = Vec::new();
+    let mut seen = 0u64;
+    while let Some(frame) = incoming.frame().await {
+        let data = match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_trailers) => continue,
+            },
+            Err(e) if seen > MAX_CALLBACK_BODY as u64 => {
+                debug!(error = %e, "an oversized callback body broke off");
+                return too_large(true);
+            }
+            Err(e) => {
+                debug!(error = %e, "reading a callback body failed");
+                return text(StatusCode::BAD_REQUEST, "body could not be read\n");
+            }
+        };
+        seen += data.len() as u64;
+        if seen > DRAIN_OVERSIZED_BYTES {
+            return too_large(true);
         }
-    };
+        if seen <= MAX_CALLBACK_BODY as u64 {
+            body.extend_from_slice(&data);
+        } else if !body.is_empty() {
+            body = Vec::new();
+        }
+    }
+    if seen > MAX_CALLBACK_BODY as u64 {
+        return too_large(false);
+    }
     let (status, answer) = service.callback(&query, &body);
     let mut response = Response::new(full(Bytes::from_static(answer.as_bytes())));
     *response.status_mut() = status;

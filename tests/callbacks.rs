@@ -440,3 +440,90 @@ async fn a_created_group_of_a_discovered_type_is_polled_at_once() {
         "the static group and the created one"
     );
 }
+
+/// SPEC: a body over 1 MiB is answered 413. The sender must see that answer, not a broken pipe:
+/// a listener that answers before the body has arrived and then closes makes the sender's
+/// remaining writes fail, and a sender such as reqwest then reports only the write error. The
+/// bodies here are well past what loopback socket buffers absorb, so that failure would show on
+/// every run, and each is followed by a good callback on the same client.
+#[tokio::test]
+async fn an_oversized_body_is_answered_413_to_a_sender_still_writing_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = fake_with_app().await;
+    group(&server, "@TGS#big", &[("k", "v")]);
+    let token = format!("    callback_token: {TOKEN}\n");
+    let r = start(&server, &["@TGS#big"], &token, Some(TOKEN)).await;
+    let signed = query(APP, CHANGED, Some((TOKEN, now_unix())));
+    let url = format!("{}?{signed}", r.callbacks);
+    let client = reqwest::Client::new();
+    let good = body(CHANGED, "@TGS#big", "Public");
+    for size in [(1 << 20) + 1, 3 << 20, 8 << 20, 3 << 20] {
+        let sent = client.post(&url).body(vec![b' '; size]).send().await;
+        let status = sent
+            .map(|r| r.status().as_u16())
+            .map_err(|e| format!("{e:?}"));
+        assert_eq!(status, Ok(413), "a {size}-byte body");
+        let then = client.post(&url).body(good.clone()).send().await.unwrap();
+        assert_eq!(
+            then.status(),
+            200,
+            "a good callback after the {size}-byte body"
+        );
+    }
+
+    // Chunked, so no length is declared up front: refused once the bound is passed.
+    let addr = r
+        .callbacks
+        .trim_start_matches("http://")
+        .trim_end_matches("/callback");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /callback?{signed} HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b' '; 64 << 10];
+    for _ in 0..48 {
+        let sent = async {
+            stream
+                .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .await?;
+            stream.write_all(&chunk).await?;
+            stream.write_all(b"\r\n").await
+        };
+        sent.await
+            .expect("the listener reads a chunked body to its end");
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut answer = vec![0; 1024];
+    let n = stream.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // A sender that declares a body far past the bound is answered at once, without its body:
+    // one that waits for `100 Continue` never gets it, and one that does not is not read for long.
+    for expect in ["Expect: 100-continue\r\n", ""] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /callback?{signed} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n{expect}\r\n",
+            1u64 << 30
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{expect}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    }
+
+    let t = scrape(&r.metrics).await;
+    let refused = value(
+        &t,
+        "timattr_callback_rejections_total",
+        &[("reason", "bad_request")],
+    );
+    assert_eq!(refused, Some(7.0), "each oversized body is counted once");
+}
