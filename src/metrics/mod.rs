@@ -194,20 +194,8 @@ pub const TOTAL_SHARDS: Family = (
 /// groups), in the order it writes them.
 pub const GROUP_FAMILIES: [Family; groups::FAMILIES] = groups::TABLE;
 
-/// Every family the exporter can expose, except the standard `process_*` ones.
-pub const METRIC_FAMILIES: &[Family] = &[
-    GROUP_UP,
-    GROUP_ERROR_CODE,
-    GROUP_ATTRIBUTES,
-    GROUP_ATTRIBUTES_BYTES,
-    GROUP_ATTRIBUTES_HASH,
-    GROUP_ATTRIBUTE_VALUE_HASH,
-    GROUP_ATTRIBUTE_CHANGES,
-    GROUP_LAST_CHANGE,
-    GROUP_LAST_SUCCESS,
-    GROUP_LABELS,
-    GROUPS,
-    GROUPS_BY_ERROR_CODE,
+/// The families that are not per group: per app, per exporter and per callback.
+const OTHER_FAMILIES: [Family; 13] = [
     API_REQUESTS,
     API_ERRORS,
     API_REQUEST_FAILURES,
@@ -222,6 +210,24 @@ pub const METRIC_FAMILIES: &[Family] = &[
     CALLBACKS,
     CALLBACK_REJECTIONS,
 ];
+
+/// Every family the exporter can expose, except the standard `process_*` ones: the group
+/// families as the render lists them, then the others.
+pub const METRIC_FAMILIES: &[Family] = &all_families();
+
+const fn all_families() -> [Family; groups::FAMILIES + OTHER_FAMILIES.len()] {
+    let mut all = [GROUP_UP; groups::FAMILIES + OTHER_FAMILIES.len()];
+    let mut i = 0;
+    while i < all.len() {
+        all[i] = if i < groups::FAMILIES {
+            GROUP_FAMILIES[i]
+        } else {
+            OTHER_FAMILIES[i - groups::FAMILIES]
+        };
+        i += 1;
+    }
+    all
+}
 
 /// Request latency buckets: from a fast answer from a nearby region (5 ms) to past the longest
 /// sane client timeout (10 s); Tencent's backend gives up at 3 s.
