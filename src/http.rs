@@ -764,7 +764,8 @@ async fn callback(
     }
     let query = request.uri().query().unwrap_or("").to_owned();
     let mut incoming = request.into_body();
-    let mut body = Vec::new();
+    let declared_within = declared.filter(|len| *len <= MAX_CALLBACK_BODY as u64);
+    let mut body = Vec::with_capacity(declared_within.unwrap_or(0) as usize);
     let mut seen = 0u64;
     while let Some(frame) = incoming.frame().await {
         let data = match frame {
