@@ -380,6 +380,9 @@ pub async fn run(
                 store.seed_from(persisted);
                 info!(path = %path.display(), "state file loaded");
             }
+            Ok(Ok(Err(e))) if e.is_missing() => {
+                info!(path = %path.display(), "no state file yet: starting without baselines");
+            }
             Ok(Ok(Err(e))) => warn!(path = %path.display(), error = %e, "state file ignored"),
             Ok(Err(e)) => warn!(path = %path.display(), error = %e, "state file ignored"),
             Err(_) => warn!(

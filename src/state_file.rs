@@ -118,6 +118,13 @@ pub enum StateFileError {
     Invalid { path: PathBuf, reason: String },
 }
 
+impl StateFileError {
+    /// No file at the path: a first start, not a fault.
+    pub fn is_missing(&self) -> bool {
+        matches!(self, StateFileError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
 /// Reads and checks a state file. Anything wrong (unreadable, truncated, not JSON, another
 /// version, hashes out of range, duplicate keys) is an error: never a panic, never half a state.
 pub fn read_state_file(path: &Path) -> Result<Persisted, StateFileError> {
@@ -430,6 +437,18 @@ mod tests {
     use super::*;
     use crate::snapshot::{hash48, set_hash};
     use proptest::prelude::*;
+
+    #[test]
+    fn only_an_absent_file_counts_as_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let absent = read_state_file(&dir.path().join("state.json")).unwrap_err();
+        assert!(absent.is_missing(), "{absent}");
+        let a_directory = read_state_file(dir.path()).unwrap_err();
+        assert!(!a_directory.is_missing(), "{a_directory}");
+        std::fs::write(dir.path().join("bad.json"), "{").unwrap();
+        let corrupt = read_state_file(&dir.path().join("bad.json")).unwrap_err();
+        assert!(!corrupt.is_missing(), "{corrupt}");
+    }
 
     /// Group `g` of app 1 with `a=1` and `b=2`: what the store persists after one poll.
     fn sample() -> Persisted {
