@@ -83,10 +83,19 @@ async fn labels_are_merged_escaped_and_on_discovered_groups_too() {
     let metrics = exporter.url("/metrics");
     let text = eventually(WAIT, || async {
         let t = scrape(&metrics).await;
-        labels_line(&t, "@TGS#found").is_some().then_some(t)
+        // Each group's labels come with its first poll.
+        ["@TGS#found", "@TGS#plain", "@TGS#own"]
+            .iter()
+            .all(|g| labels_line(&t, g).is_some())
+            .then_some(t)
     })
     .await
-    .unwrap_or_else(|| panic!("the discovered group has its labels: {}", exporter.logs()));
+    .unwrap_or_else(|| {
+        panic!(
+            "every group, discovered too, has its labels: {}",
+            exporter.logs()
+        )
+    });
 
     assert_eq!(
         labels_line(&text, "@TGS#plain"),

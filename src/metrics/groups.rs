@@ -192,9 +192,9 @@ fn sample(at: usize, buf: &mut Vec<u8>, head: &mut Head, lead: &[u8], group: Gro
     // The attribute series describe a successful poll: they need a code as well.
     let success = code.and_then(|_| group.success());
     let has = match at {
-        // From assignment, as `timattr_groups` counts the group: the labels are config, not a
-        // poll result.
-        LABELS_AT => !group.labels().is_empty(),
+        // With the first poll result, as every series of the group (SPEC), though they are
+        // config: a scrape before it shows nothing of the group but `timattr_groups`.
+        LABELS_AT => code.is_some() && !group.labels().is_empty(),
         UP_AT | ERROR_CODE_AT => code.is_some(),
         VALUE_HASH_AT => success.is_some_and(|s| s.value_hashes().next().is_some()),
         _ => success.is_some(),
@@ -723,12 +723,19 @@ mod tests {
     }
 
     #[test]
-    fn labels_series_exist_from_assignment_merged_and_escaped() {
+    fn labels_series_come_with_the_first_poll_merged_and_escaped() {
         let store = store_with(&["g", "h"]);
         let mut settings = with_labels(&[("team", "rooms")]);
         let own = with_labels(&[("team", "a\"b\\c\nd"), ("page_on_change", "true")]).app;
         settings.groups.insert("h".into(), own);
         store.set_settings(1, settings);
+        let before = text(&store, ValueHashes::PerKey);
+        assert!(
+            !before.contains("group_id="),
+            "nothing of a group before its first poll: {before}"
+        );
+        store.apply(1, "g", &ok(&attrs(&[("a", "1")])), 1.0);
+        store.apply(1, "h", &no_answer(), 1.0);
         let out = text(&store, ValueHashes::PerKey);
         let lines: Vec<&str> = out
             .lines()
@@ -742,8 +749,6 @@ mod tests {
             ],
             "{out}"
         );
-        // Nothing else before a poll.
-        assert!(!out.contains("timattr_group_up{"));
         check_exposition(&out).expect("valid exposition");
         // No labels: no series, no HELP.
         store.set_settings(1, with_labels(&[]));

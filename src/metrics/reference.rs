@@ -112,10 +112,10 @@ impl Families {
     fn group(&mut self, sdkappid: u64, group: GroupView<'_>) {
         let configured = group.labels();
         let has_labels = self.on[LABELS_AT] && !configured.is_empty();
-        let code = group.error_code();
-        if code.is_none() && !has_labels {
+        // A group's series, its labels included, appear with its first poll result (SPEC).
+        let Some(code) = group.error_code() else {
             return;
-        }
+        };
         let id = group.group_id();
         let mut labels = String::with_capacity(40 + id.len());
         labels.push_str("sdkappid=\"");
@@ -125,8 +125,6 @@ impl Families {
         labels.push('"');
         let labels = labels.as_str();
 
-        // From assignment, as `timattr_groups` counts the group: the labels are config, not a
-        // poll result.
         if has_labels {
             let buf = &mut self.labels;
             buf.push_str(GROUP_LABELS.0);
@@ -142,9 +140,6 @@ impl Families {
             buf.push_str("} 1\n");
         }
 
-        let Some(code) = code else {
-            return;
-        };
         if self.on[UP_AT] {
             start(&mut self.up, GROUP_UP.0, labels, "");
             push_u64(&mut self.up, u64::from(code == 0));
