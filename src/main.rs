@@ -165,32 +165,16 @@ fn build_info() -> BuildInfo {
 
 fn real_main(flags: Flags) -> Result<(), Fatal> {
     let shard = shard_from(&flags)?;
-    if let Some(path) = &flags.web_config_file {
-        web_config::load(path)
-            .map_err(|e| Fatal::Usage(format!("--web.config.file {}: {e}", path.display())))?;
-    }
+    let web = match &flags.web_config_file {
+        Some(path) => web_config::load(path)
+            .map(|_| ())
+            .map_err(|e| format!("--web.config.file {}: {e}", path.display())),
+        None => Ok(()),
+    };
     if flags.config_check {
-        return match config::load(&flags.config_file) {
-            Ok(loaded) => {
-                for w in &loaded.warnings {
-                    println!("warning: {w}");
-                }
-                println!(
-                    "config {} is valid\n{}",
-                    flags.config_file.display(),
-                    loaded.config.summary()
-                );
-                Ok(())
-            }
-            Err(e) => {
-                println!("config {} is invalid:\n{e}", flags.config_file.display());
-                Err(Fatal::Usage(format!(
-                    "config {} is invalid",
-                    flags.config_file.display()
-                )))
-            }
-        };
+        return config_check(&flags, web);
     }
+    web.map_err(Fatal::Usage)?;
     // One scheduler thread. Polling is I/O paced by the API quota (200 requests/s per app costs
     // a few percent of a core), and with worker threads every request paid for cross-thread
     // wake-ups (futex, context switches): ~25% of its CPU (issue 5, BENCHMARKS.md W1). The CPU-
@@ -206,6 +190,46 @@ fn real_main(flags: Flags) -> Result<(), Fatal> {
     // from exiting: the daemon gave up on it already (`auto_reload::READ_TIMEOUT`).
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// `--config.check`: both files' results on stdout, all at once, then 0 or 64.
+fn config_check(flags: &Flags, web: Result<(), String>) -> Result<(), Fatal> {
+    let web_ok = match (&flags.web_config_file, web) {
+        (Some(path), Ok(())) => {
+            println!("web config {} is valid", path.display());
+            true
+        }
+        (_, Err(e)) => {
+            println!("{e}");
+            false
+        }
+        (None, Ok(())) => true,
+    };
+    let config_ok = match config::load(&flags.config_file) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                println!("warning: {w}");
+            }
+            println!(
+                "config {} is valid\n{}",
+                flags.config_file.display(),
+                loaded.config.summary()
+            );
+            true
+        }
+        Err(e) => {
+            println!("config {} is invalid:\n{e}", flags.config_file.display());
+            false
+        }
+    };
+    match (config_ok, web_ok) {
+        (true, true) => Ok(()),
+        (false, _) => Err(Fatal::Usage(format!(
+            "config {} is invalid",
+            flags.config_file.display()
+        ))),
+        (true, false) => Err(Fatal::Usage("--web.config.file is invalid".into())),
+    }
 }
 
 /// Points the demo's fake API at the exporter's callback listener, signing with the demo

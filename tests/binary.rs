@@ -335,6 +335,26 @@ fn config_check_prints_the_result_without_secrets() {
         stdout.contains("poll_interval") && stdout.contains("apps"),
         "all errors at once: {stdout}"
     );
+
+    // A bad web config is part of the result, on stdout beside the config's own.
+    let web = cfg.path().with_file_name("web.yml");
+    std::fs::write(&web, "bogus: 1\n").unwrap();
+    let out = Command::new(exporter_bin())
+        .arg(format!("--config.file={}", cfg.path().display()))
+        .arg(format!("--web.config.file={}", web.display()))
+        .arg("--config.check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("--web.config.file") && stdout.contains("bogus"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("poll_interval"),
+        "both files' errors: {stdout}"
+    );
 }
 
 /// `--version` as Prometheus tools print it: version and revision, build date, toolchain.
