@@ -300,11 +300,12 @@ pub fn parse(
     env: &dyn Fn(&str) -> Option<String>,
     base_dir: &Path,
 ) -> Result<Loaded, ConfigError> {
-    let doc: Value = serde_yaml::from_str(yaml).map_err(|e| ConfigError {
-        problems: vec![syntax_problem(yaml, &e)],
-    })?;
+    let (doc, problems) = match serde_yaml::from_str::<Value>(yaml) {
+        Ok(doc) => (doc, Vec::new()),
+        Err(e) => quote_at_values(yaml, &e)?,
+    };
     let mut walk = Walk {
-        problems: Vec::new(),
+        problems,
         warnings: Vec::new(),
         secrets: Vec::new(),
         env,
@@ -326,9 +327,103 @@ pub fn parse(
     }
 }
 
-/// Turns a YAML syntax error into a [`Problem`] at its line, recognising the most common one:
-/// an unquoted `@TGS#...` group ID (`@` is reserved in YAML and cannot start a plain scalar).
-fn syntax_problem(yaml: &str, err: &serde_yaml::Error) -> Problem {
+/// What an unquoted `@` value is told. Never the value itself: it may be a secret pasted
+/// where a group ID goes, or a secret key that happens to start with `@`.
+const AT_HINT: &str =
+    "group IDs and other values starting with @ must be quoted in YAML, like - \"@TGS#aC5SZEAEF\"";
+
+/// Handles a document that is not YAML. The common cause is an unquoted `@TGS#...` group ID
+/// (`@` is reserved and cannot start a plain scalar), which would otherwise hide every other
+/// mistake and name only a line. Such values are quoted in a copy (same lines), and the copy is
+/// parsed instead: the result is its document, to be validated as usual, and one problem per
+/// unquoted value at its place. Without any, or when the copy does not parse either, the
+/// syntax error is reported (after those problems).
+fn quote_at_values(
+    yaml: &str,
+    err: &serde_yaml::Error,
+) -> Result<(Value, Vec<Problem>), ConfigError> {
+    let scan = LineScan::new(yaml);
+    if scan.at_values.is_empty() {
+        return Err(ConfigError {
+            problems: vec![syntax_problem(yaml, err, &scan)],
+        });
+    }
+    // A second copy whose values are numbered markers locates each one exactly: an equal
+    // string elsewhere (the same ID, quoted, in an earlier group) would take its place.
+    let mut places = vec![None; scan.at_values.len()];
+    let marked = scan.rewrite(yaml, |k, _| format!("\"\\0{k}\""));
+    if let Ok(doc) = serde_yaml::from_str::<Value>(&marked) {
+        marker_places(&doc, "", &mut places);
+    }
+    let mut problems: Vec<Problem> = scan
+        .at_values
+        .iter()
+        .zip(places)
+        .map(|(at, place)| match place {
+            Some(path) => Problem {
+                path,
+                message: format!("line {}: {AT_HINT}", at.line + 1),
+            },
+            None => Problem {
+                path: format!("line {}", at.line + 1),
+                message: AT_HINT.into(),
+            },
+        })
+        .collect();
+    let copy = scan.rewrite(yaml, |_, value| double_quoted(value));
+    match serde_yaml::from_str::<Value>(&copy) {
+        Ok(doc) => Ok((doc, problems)),
+        Err(e) => {
+            problems.push(syntax_problem(&copy, &e, &LineScan::new(&copy)));
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+/// `value` as a YAML double-quoted scalar.
+fn double_quoted(value: &str) -> String {
+    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Records in `places[k]` where the marker string `"\0<k>"` sits in `v` (at `path`). A mapping
+/// key's place is its mapping's; a key that is not a plain name is left out of the paths below
+/// it, as [`Walk::fields`] leaves it out of its messages.
+fn marker_places(v: &Value, path: &str, places: &mut [Option<String>]) {
+    match v {
+        Value::String(s) => {
+            let k = s.strip_prefix('\0').and_then(|k| k.parse::<usize>().ok());
+            if let Some(slot) = k.and_then(|k| places.get_mut(k))
+                && !path.is_empty()
+            {
+                *slot = Some(path.to_owned());
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, item) in items.iter().enumerate() {
+                marker_places(item, &format!("{path}[{i}]"), places);
+            }
+        }
+        Value::Mapping(map) => {
+            for (key, value) in map {
+                marker_places(key, path, places);
+                let below = match key {
+                    Value::String(name) if is_plain_name(name) => join(path, name),
+                    _ => path.to_owned(),
+                };
+                marker_places(value, &below, places);
+            }
+        }
+        Value::Tagged(tagged) => marker_places(&tagged.value, path, places),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// Turns a YAML syntax error into a [`Problem`] at its line. A quote left open on its line
+/// swallows the lines after it up to the next quote, so the parser stumbles far from the
+/// mistake (often on a correctly quoted `@` ID): such an error is reported where the quote
+/// opened. An `@` the parser meets outside quotes is an unquoted value the line scan missed
+/// (a key, say).
+fn syntax_problem(yaml: &str, err: &serde_yaml::Error, scan: &LineScan) -> Problem {
     let message = err.to_string();
     let Some(loc) = err.location() else {
         return Problem {
@@ -336,21 +431,33 @@ fn syntax_problem(yaml: &str, err: &serde_yaml::Error) -> Problem {
             message,
         };
     };
-    let at = yaml
-        .lines()
-        .nth(loc.line().saturating_sub(1))
-        .and_then(|line| line.chars().nth(loc.column().saturating_sub(1)));
-    if message.starts_with("found character that cannot start any token") && at == Some('@') {
-        return Problem {
-            path: format!("line {}", loc.line()),
-            message: "group IDs starting with @ must be quoted in YAML, like - \"@TGS#aC5SZEAEF\""
-                .into(),
-        };
-    }
     if let Some(key) = message.strip_prefix("duplicate entry with key ") {
         return Problem {
             path: format!("line {}", loc.line()),
             message: format!("duplicate key {key} in the mapping that starts here"),
+        };
+    }
+    if let Some(open) = scan
+        .open_quotes
+        .iter()
+        .find(|q| (q.line, q.column) < (loc.line(), loc.column()))
+    {
+        return Problem {
+            path: format!("line {} column {}", open.line, open.column),
+            message: format!(
+                "a quote ({}) opened here is not closed on its line",
+                open.quote
+            ),
+        };
+    }
+    let line = yaml.split('\n').nth(loc.line().saturating_sub(1));
+    let at = line.and_then(|line| line.char_indices().nth(loc.column().saturating_sub(1)));
+    if message.starts_with("found character that cannot start any token")
+        && at.is_some_and(|(byte, c)| c == '@' && !scan.in_quotes(loc.line() - 1, byte))
+    {
+        return Problem {
+            path: format!("line {}", loc.line()),
+            message: AT_HINT.into(),
         };
     }
     let suffix = format!(" at line {} column {}", loc.line(), loc.column());
@@ -358,6 +465,231 @@ fn syntax_problem(yaml: &str, err: &serde_yaml::Error) -> Problem {
         path: format!("line {} column {}", loc.line(), loc.column()),
         message: message.replacen(&suffix, "", 1),
     }
+}
+
+/// A line-by-line reading of a document that YAML could not parse, for [`quote_at_values`] and
+/// [`syntax_problem`]. Quotes are tracked within each line only (config files keep a quoted
+/// value on one line), so one left open cannot hide the rest of the file as it does from the
+/// parser. Flow collections (`[`, `{`) may span lines; block scalars (`|`, `>`) are skipped.
+#[derive(Default)]
+struct LineScan {
+    /// Plain scalars starting with `@` in a value position (after `- `, `key: `, or `[`, `{`,
+    /// `,` in a flow collection), in document order.
+    at_values: Vec<AtValue>,
+    /// Quotes not closed on their line.
+    open_quotes: Vec<OpenQuote>,
+    /// Quoted scalars: 0-based line and byte range within it, quotes included.
+    quoted: Vec<(usize, std::ops::Range<usize>)>,
+}
+
+/// An unquoted `@` value: 0-based line and byte range within it.
+struct AtValue {
+    line: usize,
+    start: usize,
+    end: usize,
+}
+
+/// Where a quote was opened: 1-based line and column, as serde_yaml counts them.
+struct OpenQuote {
+    line: usize,
+    column: usize,
+    quote: char,
+}
+
+fn is_blank(b: Option<&u8>) -> bool {
+    matches!(b, None | Some(b' ' | b'\t'))
+}
+
+impl LineScan {
+    fn new(yaml: &str) -> LineScan {
+        let mut scan = LineScan::default();
+        let mut flow = 0usize;
+        // The indentation of the line that opened a block scalar: more indented lines are its
+        // text, not YAML.
+        let mut block: Option<usize> = None;
+        // The last line ended where a value goes (`key:` or `-`), so one may start this line.
+        let mut pending = false;
+        for (n, line) in yaml.split('\n').enumerate() {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            let indent = line.len() - line.trim_start_matches(' ').len();
+            if let Some(parent) = block {
+                if line.trim().is_empty() || indent > parent {
+                    continue;
+                }
+                block = None;
+            }
+            scan.line(n, line, indent, &mut flow, &mut block, &mut pending);
+        }
+        scan
+    }
+
+    /// Reads one line. `start`: a scalar may start here; `value`: one starting here is a value
+    /// (a key at the start of a line may also be the continuation of a multi-line scalar).
+    fn line(
+        &mut self,
+        n: usize,
+        line: &str,
+        indent: usize,
+        flow: &mut usize,
+        block: &mut Option<usize>,
+        pending: &mut bool,
+    ) {
+        let b = line.as_bytes();
+        let (mut start, mut value) = (true, *flow > 0 || *pending);
+        let mut tokens = false;
+        let mut i = 0;
+        while i < b.len() {
+            let c = b[i];
+            if is_blank(Some(&c)) {
+                i += 1;
+                continue;
+            }
+            if c == b'#' && (i == 0 || is_blank(b.get(i - 1))) {
+                break;
+            }
+            tokens = true;
+            match c {
+                b'-' | b'?' if start && *flow == 0 && is_blank(b.get(i + 1)) => {
+                    value = true;
+                    i += 1;
+                }
+                b'[' | b'{' => {
+                    *flow += 1;
+                    (start, value) = (true, true);
+                    i += 1;
+                }
+                b']' | b'}' => {
+                    *flow = flow.saturating_sub(1);
+                    (start, value) = (false, false);
+                    i += 1;
+                }
+                b',' if *flow > 0 => {
+                    (start, value) = (true, true);
+                    i += 1;
+                }
+                b':' if is_blank(b.get(i + 1))
+                    || (*flow > 0 && matches!(b.get(i + 1), Some(b',' | b']' | b'}'))) =>
+                {
+                    (start, value) = (true, true);
+                    i += 1;
+                }
+                b'"' | b'\'' if start => match closing_quote(b, i) {
+                    Some(end) => {
+                        self.quoted.push((n, i..end));
+                        (start, value) = (false, false);
+                        i = end;
+                    }
+                    None => {
+                        self.open_quotes.push(OpenQuote {
+                            line: n + 1,
+                            column: line[..i].chars().count() + 1,
+                            quote: char::from(c),
+                        });
+                        (start, value) = (false, false);
+                        break;
+                    }
+                },
+                // Anchors, aliases and tags come before the value they name.
+                b'&' | b'*' | b'!' if start => {
+                    while i < b.len() && !is_blank(b.get(i)) {
+                        i += 1;
+                    }
+                }
+                b'|' | b'>' if start && *flow == 0 => {
+                    *block = Some(indent);
+                    (start, value) = (false, false);
+                    break;
+                }
+                _ if start => {
+                    let end = plain_end(b, i, *flow > 0);
+                    if c == b'@' && value {
+                        self.at_values.push(AtValue {
+                            line: n,
+                            start: i,
+                            end,
+                        });
+                    }
+                    (start, value) = (false, false);
+                    i = end.max(i + 1);
+                }
+                // Whatever follows a complete scalar is the parser's to complain about.
+                _ => i += 1,
+            }
+        }
+        if tokens {
+            *pending = start && value;
+        }
+    }
+
+    fn in_quotes(&self, line: usize, byte: usize) -> bool {
+        self.quoted
+            .iter()
+            .any(|(n, range)| *n == line && range.contains(&byte))
+    }
+
+    /// `yaml` with the k-th `@` value replaced by `with(k, value)`; the lines stay where they
+    /// were, so line numbers in the copy's errors are the original's.
+    fn rewrite(&self, yaml: &str, with: impl Fn(usize, &str) -> String) -> String {
+        let mut out = String::with_capacity(yaml.len() + 8 * self.at_values.len());
+        let mut next = self.at_values.iter().enumerate().peekable();
+        for (n, line) in yaml.split('\n').enumerate() {
+            if n > 0 {
+                out.push('\n');
+            }
+            let mut from = 0;
+            while let Some((k, at)) = next.next_if(|(_, at)| at.line == n) {
+                out.push_str(&line[from..at.start]);
+                out.push_str(&with(k, &line[at.start..at.end]));
+                from = at.end;
+            }
+            out.push_str(&line[from..]);
+        }
+        out
+    }
+}
+
+/// The end (exclusive) of the quoted scalar whose opening quote is at `b[i]`, if it closes on
+/// this line: `\` escapes in double quotes, `''` in single quotes.
+fn closing_quote(b: &[u8], i: usize) -> Option<usize> {
+    let quote = b[i];
+    let mut j = i + 1;
+    while j < b.len() {
+        let escaped = match quote {
+            b'"' => b[j] == b'\\',
+            _ => b[j] == quote && b.get(j + 1) == Some(&quote),
+        };
+        if escaped {
+            j += 2;
+        } else if b[j] == quote {
+            return Some(j + 1);
+        } else {
+            j += 1;
+        }
+    }
+    None
+}
+
+/// The end (exclusive, trailing blanks left out) of the plain scalar starting at `b[i]`: at
+/// `: `, ` #`, the end of the line, or, in a flow collection, `,` and brackets. Bytes, not
+/// chars: every delimiter is ASCII, and UTF-8 continuation bytes are never ASCII.
+fn plain_end(b: &[u8], i: usize, in_flow: bool) -> usize {
+    let flow_indicator = |c: &u8| matches!(c, b',' | b'[' | b']' | b'{' | b'}');
+    let mut j = i;
+    while j < b.len() {
+        let ends = match b[j] {
+            b':' => is_blank(b.get(j + 1)) || (in_flow && b.get(j + 1).is_some_and(flow_indicator)),
+            b'#' => j > i && is_blank(b.get(j - 1)),
+            c => in_flow && flow_indicator(&c),
+        };
+        if ends {
+            break;
+        }
+        j += 1;
+    }
+    while j > i && is_blank(b.get(j - 1)) {
+        j -= 1;
+    }
+    j
 }
 
 /// The walk over the document: collects problems and warnings as it goes, so that one pass
@@ -1832,5 +2164,39 @@ impl Config {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_quotes(yaml: &str) -> Vec<(usize, usize, char)> {
+        LineScan::new(yaml)
+            .open_quotes
+            .iter()
+            .map(|q| (q.line, q.column, q.quote))
+            .collect()
+    }
+
+    #[test]
+    fn the_line_scan_knows_escaped_quotes_and_counts_columns_in_chars() {
+        assert_eq!(open_quotes("a: \"x\\\"\"\nb: 'it''s'\n"), []);
+        assert_eq!(
+            open_quotes("a: \"x\\\"\nb: 'it''s\nc: don't\n"),
+            [(1, 4, '"'), (2, 4, '\'')]
+        );
+        assert_eq!(open_quotes("é: [\"ok\", \"no\n"), [(1, 11, '"')]);
+    }
+
+    #[test]
+    fn quoting_escapes_and_keeps_the_lines() {
+        let yaml = "a: [@x\\y\"z, @b]\r\nc: @d  # note\n";
+        let scan = LineScan::new(yaml);
+        let copy = scan.rewrite(yaml, |_, v| double_quoted(v));
+        assert_eq!(copy, "a: [\"@x\\\\y\\\"z\", \"@b\"]\r\nc: \"@d\"  # note\n");
+        let doc: Value = serde_yaml::from_str(&copy).expect("valid YAML");
+        assert_eq!(doc["a"][0].as_str(), Some("@x\\y\"z"));
+        assert_eq!(doc["c"].as_str(), Some("@d"));
     }
 }

@@ -732,14 +732,196 @@ fn unquoted_at_sign_gets_a_hint_with_the_line() {
     let yaml = "apps:\n  - sdkappid: 1\n    groups:\n      - \"@TGS#ok\"\n      - @TGS#aC5SZEAEF\n";
     let err = parse(yaml).expect_err("@ cannot start a plain scalar");
     assert_eq!(
-        err.to_string(),
-        "line 5: group IDs starting with @ must be quoted in YAML, like - \"@TGS#aC5SZEAEF\""
+        err.problems[0].to_string(),
+        format!("apps[0].groups[1]: line 5: {AT_HINT}")
     );
     // In a flow list too.
     let err = parse("apps:\n  - groups: [\"@TGS#a\", @TGS#b]\n").expect_err("same in a flow list");
     assert_eq!(
+        err.problems[0].to_string(),
+        format!("apps[0].groups[1]: line 2: {AT_HINT}")
+    );
+    // When the rest is not YAML either, no place can be found: the line, then the other error.
+    let err = parse("apps:\n  - groups: [@TGS#b]\n\tbad: 1\n").expect_err("a tab");
+    assert_eq!(
         err.to_string(),
-        "line 2: group IDs starting with @ must be quoted in YAML, like - \"@TGS#aC5SZEAEF\""
+        format!(
+            "line 2: {AT_HINT}\nline 3 column 1: found character that cannot start any token, while \
+             scanning for the next token"
+        )
+    );
+    // A key is not quoted for the reader, but the parser's error still gets the hint.
+    assert_eq!(
+        errors("@TGS#x: 1\napps: []\n"),
+        format!("line 1: {AT_HINT}")
+    );
+}
+
+/// The line scan reads what config files hold: apostrophes inside plain values, comments,
+/// block scalars, values on the line after their key, flow lists over several lines.
+#[test]
+fn unquoted_values_are_found_where_config_files_put_them() {
+    let yaml = "\
+apps:
+  - sdkappid: 1400000000
+    region: singapore
+    identifier: don't   # - @not-a-value, it's a comment
+    secret_key:
+      @sekrit-KEY-4e1f0c9d2b7a6e5f8c3d1b0a9e8f7c6d
+    labels:
+      note: |
+        - @TGS#in-a-block-scalar \"open
+    groups: [
+      \"@TGS#a\",
+      @TGS#b, {id: @TGS#c}]
+";
+    let err = parse(yaml).expect_err("three unquoted values");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "apps[0].secret_key: line 6: {AT_HINT}\n\
+             apps[0].groups[1]: line 12: {AT_HINT}\n\
+             apps[0].groups[2].id: line 12: {AT_HINT}"
+        )
+    );
+}
+
+/// The audit's file: an unquoted `@` ID as the 4th group (line 11), among other mistakes. The
+/// syntax error used to hide them all and name only the line.
+const UNQUOTED_AMONG_OTHER_MISTAKES: &str = "\
+poll_interval: 5x
+apps:
+  - sdkappid: 1400000000
+    region: singapore
+    identifier: administrator
+    secret_key_env: TIM_SECRET_KEY
+    groups:
+      - \"@TGS#first\"
+      - id: \"@TGS#2J4SZEAEL\"
+      - \"@TGS#third\"
+      - @TGS#aC5SZEAEF      # the 4th group
+    rate_limit: 0
+";
+
+const AT_HINT: &str =
+    "group IDs and other values starting with @ must be quoted in YAML, like - \"@TGS#aC5SZEAEF\"";
+
+#[test]
+fn an_unquoted_id_is_named_by_its_place_with_every_other_error() {
+    let err = parse(UNQUOTED_AMONG_OTHER_MISTAKES).expect_err("@ cannot start a plain scalar");
+    let want = format!(
+        "apps[0].groups[3]: line 11: {AT_HINT}
+poll_interval: invalid duration \"5x\": unknown unit \"x\" (use ms, s, m, h, d, w, y)
+apps[0].rate_limit: must be at least 0.001 requests per second"
+    );
+    assert_eq!(err.to_string(), want);
+    assert_eq!(err.problems[0].path, "apps[0].groups[3]");
+}
+
+#[test]
+fn two_unquoted_ids_give_two_problems() {
+    let yaml = format!(
+        "{UNQUOTED_AMONG_OTHER_MISTAKES}    \
+         discover: {{group_types: [Castle]}}\n"
+    )
+    .replace(
+        "    rate_limit: 0\n",
+        "      - id: @TGS#1NVTZEAE4\n        poll_interval: 15s\n    rate_limit: 0\n",
+    );
+    let err = parse(&yaml).expect_err("two unquoted IDs");
+    let at: Vec<String> = err
+        .problems
+        .iter()
+        .filter(|p| p.message.contains("must be quoted"))
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        at,
+        [
+            format!("apps[0].groups[3]: line 11: {AT_HINT}"),
+            format!("apps[0].groups[4].id: line 12: {AT_HINT}"),
+        ],
+        "{err}"
+    );
+    // The rest of the file is still checked, down to its last line.
+    assert_eq!(err.problems.len(), 5, "{err}");
+    assert!(
+        err.to_string().contains("poll_interval: invalid duration"),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("apps[0].discover.group_types[0]: unknown group type"),
+        "{err}"
+    );
+
+    // In a flow list, several on one line; an unquoted copy of a quoted ID is named at its own
+    // place, not at the first string equal to it.
+    let yaml = one_app("", &[("groups", Some("[\"@TGS#a\", @TGS#a, @TGS#b]"))]);
+    let err = parse(&yaml).expect_err("two unquoted IDs in a flow list");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "apps[0].groups[1]: line 6: {AT_HINT}\n\
+             apps[0].groups[2]: line 6: {AT_HINT}\n\
+             apps[0].groups[1]: duplicate group ID \"@TGS#a\" (also apps[0].groups[0])"
+        )
+    );
+}
+
+/// A quote left open swallows the lines after it up to the next quote, where the YAML scanner
+/// then stumbles: the error must point at the open quote, not at a correctly quoted `@` ID.
+#[test]
+fn an_unclosed_quote_is_named_where_it_opens() {
+    let open = "apps:\n  - sdkappid: 1400000000\n    region: singapore\n    identifier: \"admin\n    secret_key_env: TIM_SECRET_KEY\n";
+    let want = "line 4 column 17: a quote (\") opened here is not closed on its line";
+    for yaml in [format!("{open}    groups: [\"@TGS#x\"]\n"), open.to_owned()] {
+        let text = errors(&yaml);
+        assert_eq!(text, want, "for:\n{yaml}");
+        assert!(!text.contains('@'), "{text}");
+    }
+    // The same with the secret key: named by its line, never shown.
+    let yaml = "apps:\n  - sdkappid: 1400000000\n    region: singapore\n    secret_key: \"SUPERSECRET\n    identifier: admin\n    groups: [\"@TGS#x\"]\n";
+    let text = error_text(yaml);
+    assert!(text.starts_with(want), "{text}");
+    assert!(
+        !text.contains("SUPERSECRET") && !text.contains('@'),
+        "{text}"
+    );
+}
+
+/// A secret starting with `@`, unquoted: reported as needing quotes at its place, and never
+/// shown, not even by another field it was pasted into.
+#[test]
+fn an_unquoted_secret_starting_with_at_is_not_echoed() {
+    let secret = "@sekrit-KEY-4e1f0c9d2b7a6e5f8c3d1b0a9e8f7c6d";
+    let yaml = one_app(
+        "",
+        &[("secret_key", Some(secret)), ("usersig_ttl", Some(secret))],
+    );
+    let err = parse(&yaml).expect_err("unquoted @ values");
+    let text = error_text(&yaml);
+    assert!(!text.contains("sekrit"), "{text}");
+    assert_eq!(
+        err.problems[..2],
+        [
+            config::Problem {
+                path: "apps[0].secret_key".into(),
+                message: format!("line 5: {AT_HINT}"),
+            },
+            config::Problem {
+                path: "apps[0].usersig_ttl".into(),
+                message: format!("line 7: {AT_HINT}"),
+            },
+        ],
+        "{err}"
+    );
+    assert_eq!(err.problems.len(), 3, "{err}");
+    assert!(
+        err.problems[2]
+            .to_string()
+            .starts_with("apps[0].usersig_ttl: invalid duration \"<redacted>\""),
+        "{err}"
     );
 }
 
