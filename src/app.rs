@@ -36,7 +36,7 @@ use crate::ratelimit::{ListSlots, RateLimiter, Slot};
 use crate::schedule::{Anchor, Scheduler, Urgent};
 use crate::shard::Shard;
 use crate::shutdown::Shutdown;
-use crate::store::{AppSettings, GroupSettings, Seeds, Store};
+use crate::store::{AppSettings, Applied, GroupSettings, Seeds, Store, Ticket};
 
 /// How long in-flight requests may take to finish at shutdown before they are abandoned.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -151,7 +151,7 @@ pub fn start(plan: Plan, shared: Shared) -> Result<Handle, ClientError> {
         lists: Lists::new(shared.shard),
         scheduler: Scheduler::new(shared.anchor),
         inflight: JoinSet::new(),
-        polling: HashMap::new(),
+        polling: Polling::default(),
         poll_lag: shared.metrics.poll_lag_gauge(sdkappid),
         shared,
         rx,
@@ -179,8 +179,8 @@ struct Owner {
     lists: Lists,
     scheduler: Scheduler,
     inflight: JoinSet<()>,
-    /// The group of each poll in flight, to cancel the polls of groups a reload removed.
-    polling: HashMap<tokio::task::Id, (Arc<str>, AbortHandle)>,
+    /// The group of each poll in flight.
+    polling: Polling,
     poll_lag: prometheus::Gauge,
     shared: Shared,
     rx: mpsc::UnboundedReceiver<Message>,
@@ -266,13 +266,15 @@ impl Owner {
                 e.id()
             }
         };
-        self.polling.remove(&id);
+        self.polling.ended(id);
     }
 
     /// Sends a poll with the slot just taken: a group a callback made due, or the oldest due
-    /// one of the schedule. When both wait they take turns, so under an exhausted quota each
-    /// gets half of it and neither starves.
+    /// one of the schedule whose previous poll has ended. When both wait they take turns, so
+    /// under an exhausted quota each gets half of it and neither starves.
     fn dispatch(&mut self, slot: Slot) {
+        // Polls that ended while the owner waited for this slot are no longer in flight.
+        self.reap();
         let now = Instant::now();
         let regular_due = self.scheduler.next_due().is_some_and(|due| due <= now);
         let both_wait = regular_due && !self.urgent.is_empty();
@@ -281,29 +283,64 @@ impl Owner {
         } else {
             !self.urgent.is_empty()
         };
-        let group_id = if take_urgent {
-            self.last_was_urgent = true;
-            match self.urgent.pop(now) {
-                Some(id) => id,
-                None => return,
-            }
+        let regular = if take_urgent {
+            None
         } else {
-            self.last_was_urgent = false;
-            let Some((id, due)) = self.scheduler.pop_due(now) else {
-                return;
-            };
-            self.poll_lag
-                .set(now.saturating_duration_since(due).as_secs_f64());
-            id
+            self.pop_regular(now)
         };
+        let group_id = match regular {
+            Some(id) => {
+                self.last_was_urgent = false;
+                id
+            }
+            // The callbacks' turn, or every due group of the schedule is still being polled:
+            // the slot goes to a callback's poll, if one waits.
+            None => match self.urgent.pop(now) {
+                Some(id) => {
+                    self.last_was_urgent = true;
+                    id
+                }
+                None => {
+                    self.last_was_urgent = take_urgent;
+                    return;
+                }
+            },
+        };
+        // Taken at dispatch: the store keeps the outcome of the poll dispatched last.
+        let ticket = self.shared.store.ticket();
         let client = Arc::clone(&self.client);
         let store = Arc::clone(&self.shared.store);
         let sdkappid = self.sdkappid;
         let id = Arc::clone(&group_id);
         let abort = self.inflight.spawn(async move {
-            poll(sdkappid, &client, &store, &id, slot).await;
+            poll(sdkappid, &client, &store, &id, ticket, slot).await;
         });
-        self.polling.insert(abort.id(), (group_id, abort));
+        self.polling.started(group_id, abort);
+    }
+
+    /// The oldest due group of the schedule whose previous poll has ended. The slot of a group
+    /// still in flight (a slow answer, a retry) is skipped: the scheduler has already moved it
+    /// to its next slot, and a second request would spend quota on an answer the first one
+    /// brings anyway (Prometheus never overlaps scrapes of one target either). A callback's poll
+    /// may still overlap (SPEC: polled within a second); the store keeps the later one's outcome.
+    fn pop_regular(&mut self, now: Instant) -> Option<Arc<str>> {
+        // Each pop moves its group past `now`, so a group comes at most once here: at most one
+        // skip per group in flight.
+        for _ in 0..=self.polling.groups() {
+            let (id, due) = self.scheduler.pop_due(now)?;
+            if self.polling.busy(&id) {
+                debug!(
+                    sdkappid = self.sdkappid,
+                    group_id = &*id,
+                    "slot skipped: the group's previous poll is still in flight"
+                );
+                continue;
+            }
+            self.poll_lag
+                .set(now.saturating_duration_since(due).as_secs_f64());
+            return Some(id);
+        }
+        None
     }
 
     fn pushed(&mut self, pushed: Pushed) {
@@ -425,15 +462,7 @@ impl Owner {
             .set_assigned(self.sdkappid, merged.iter().map(|g| &*g.id), seeds);
         let wanted: HashSet<&str> = merged.iter().map(|g| &*g.id).collect();
         self.urgent.retain(|id| wanted.contains(id));
-        if !self.polling.is_empty() {
-            self.polling.retain(|_, (group, abort)| {
-                let keep = wanted.contains(&**group);
-                if !keep {
-                    abort.abort();
-                }
-                keep
-            });
-        }
+        self.polling.abort_unless(|group| wanted.contains(group));
     }
 
     /// Cancels a running listing (its result will be ignored) and starts one now.
@@ -536,6 +565,65 @@ impl Owner {
     }
 }
 
+/// The polls in flight: each task's group, to cancel the polls of groups a reload removed, and
+/// how many each group has (a callback's poll may overlap a regular one), to skip the regular
+/// slots of a group still being polled. Both hold polls in flight only (at most
+/// `max_concurrency`), whatever the number of groups.
+#[derive(Default)]
+struct Polling {
+    tasks: HashMap<tokio::task::Id, (Arc<str>, AbortHandle)>,
+    groups: HashMap<Arc<str>, u32>,
+}
+
+impl Polling {
+    fn started(&mut self, group: Arc<str>, abort: AbortHandle) {
+        *self.groups.entry(Arc::clone(&group)).or_default() += 1;
+        self.tasks.insert(abort.id(), (group, abort));
+    }
+
+    /// A poll's task ended (or was aborted and reaped); one it already forgot is ignored.
+    fn ended(&mut self, id: tokio::task::Id) {
+        if let Some((group, _)) = self.tasks.remove(&id) {
+            self.release(&group);
+        }
+    }
+
+    fn release(&mut self, group: &str) {
+        if let Some(n) = self.groups.get_mut(group) {
+            *n -= 1;
+            if *n == 0 {
+                self.groups.remove(group);
+            }
+        }
+    }
+
+    /// Whether a poll of the group is in flight.
+    fn busy(&self, group: &str) -> bool {
+        self.groups.contains_key(group)
+    }
+
+    /// How many groups have a poll in flight.
+    fn groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Aborts the polls of the groups `keep` refuses, and forgets them.
+    fn abort_unless(&mut self, keep: impl Fn(&str) -> bool) {
+        if self.tasks.is_empty() {
+            return;
+        }
+        let groups = &mut self.groups;
+        self.tasks.retain(|_, (group, abort)| {
+            if keep(group) {
+                return true;
+            }
+            abort.abort();
+            groups.remove(&**group);
+            false
+        });
+    }
+}
+
 fn build_client(
     app: &AppConfig,
     limiter: &Arc<RateLimiter>,
@@ -628,14 +716,36 @@ fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// One poll: the call, its result into the store, and one log line per transition.
-async fn poll(sdkappid: u64, client: &Client, store: &Store, group_id: &str, slot: Slot) {
+/// One poll: the call, its result into the store (unless a poll dispatched after it, with a
+/// newer `ticket`, has ended first), and one log line per transition.
+async fn poll(
+    sdkappid: u64,
+    client: &Client,
+    store: &Store,
+    group_id: &str,
+    ticket: Ticket,
+    slot: Slot,
+) {
     let Ok(outcome) = client.get_group_attr(group_id, Some(slot)).await else {
         return;
     };
     let code = outcome.error_code();
-    let before = store.error_code(sdkappid, group_id);
-    if let Some(changes) = store.apply(sdkappid, group_id, &outcome, unix_now()) {
+    let (before, changes) =
+        match store.apply_polled(sdkappid, group_id, ticket, &outcome, unix_now()) {
+            Applied::Recorded { previous, changes } => (previous, changes),
+            Applied::Stale => {
+                debug!(
+                    sdkappid,
+                    group_id,
+                    error_code = code,
+                    "outcome dropped: a poll of the group started after this one has ended first"
+                );
+                return;
+            }
+            // A group a reload dropped while its poll was in flight.
+            Applied::Unassigned => (None, None),
+        };
+    if let Some(changes) = changes {
         info!(
             sdkappid,
             group_id,

@@ -20,6 +20,10 @@
 //!   group that no longer exists).
 //! - Which `timattr_groups_by_error_code` series exist is rendering's decision: see
 //!   [`crate::metrics`].
+//! - "The latest poll" is the one dispatched last ([`Ticket`]): when two polls of a group overlap
+//!   (a callback's poll beside a regular one, or a poll that retried) and the older one ends
+//!   last, its outcome is dropped, success or failure alike, so no change is counted twice and
+//!   a newer state is never replaced by an older one.
 //!
 //! Each app also has its [`AppSettings`], what the config says of its groups: the labels of
 //! `timattr_group_labels` and the `ignore_keys` its diffs leave out. Discovered groups take the
@@ -124,6 +128,43 @@ struct Group {
     /// `None` until the first successful poll, and again after 10007/10010/10015. Boxed so a
     /// group that never succeeds costs a pointer.
     success: Option<Box<Success>>,
+    /// The [`Ticket`] of the newest poll whose outcome was applied (0: none yet): an outcome of
+    /// a poll dispatched before it is stale.
+    applied: u64,
+}
+
+impl Group {
+    /// Whether an outcome of the poll `ticket` is to be applied (no later-dispatched poll's
+    /// has been); if so, it becomes the newest applied.
+    fn admit(&mut self, ticket: Ticket) -> bool {
+        if ticket.0 < self.applied {
+            return false;
+        }
+        self.applied = ticket.0;
+        true
+    }
+}
+
+/// The order polls are dispatched in, from [`Store::ticket`]: [`Store::apply_polled`] keeps the
+/// outcome of the poll dispatched last, whatever order the polls end in (a poll that timed out
+/// and retried can end after a later one; a callback's poll can overlap a regular one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// What [`Store::apply_polled`] did with an outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Recorded: the group's `ErrorCode` before it (`None` before its first poll), and the keys
+    /// that changed when a change was counted.
+    Recorded {
+        previous: Option<i64>,
+        changes: Option<Changes>,
+    },
+    /// Ignored: the outcome of a poll dispatched after this one was already applied.
+    Stale,
+    /// Ignored: the group is not assigned (a poll that was in flight during a reload that
+    /// dropped it).
+    Unassigned,
 }
 
 /// The groups of one app. A `BTreeMap` so rendering walks them in `group_id` order (a golden
@@ -159,7 +200,7 @@ pub const RENDER_CHUNK: usize = 512;
 /// before the lock). Rendering holds an app's lock for at most [`RENDER_CHUNK`] groups at a time.
 ///
 /// Memory per group with 4 attributes of ≤ 16-byte keys, on 64-bit: map entry (16-byte key
-/// pointer + 24-byte `Group`, ≈ 60 bytes with B-tree slack) + group id (≈ 32) + `Success` (80) +
+/// pointer + 32-byte `Group`, ≈ 70 bytes with B-tree slack) + group id (≈ 32) + `Success` (80) +
 /// 4 × `Attr` (32 each) + 4 key allocations (≈ 16–32 each) ≈ 0.4 KiB.
 #[derive(Debug, Default)]
 pub struct Store {
@@ -170,6 +211,8 @@ pub struct Store {
     /// Bumped whenever what [`Store::persisted`] returns changes, so the daemon rewrites the
     /// state file only then (timestamps alone do not count).
     generation: AtomicU64,
+    /// The last [`Ticket`] handed out.
+    tickets: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -301,9 +344,14 @@ impl Store {
         }
     }
 
-    /// Records the result of one poll. Returns the keys that changed when a change was counted.
-    /// A result for a group that is not assigned (a poll that was in flight during a reload that
-    /// dropped it) is ignored.
+    /// A ticket for a poll dispatched now, newer than every one handed out before (for any
+    /// group of any app). The app owner takes one per poll, when it dispatches it.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.tickets.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// Records the result of a poll dispatched now (see [`Store::apply_polled`]). Returns the
+    /// keys that changed when a change was counted.
     pub fn apply(
         &self,
         sdkappid: u64,
@@ -311,39 +359,63 @@ impl Store {
         outcome: &Outcome<Attributes>,
         now_unix: f64,
     ) -> Option<Changes> {
-        let app = self.app(sdkappid)?;
-        match outcome {
-            Outcome::Ok(attrs) => self.apply_success(&app, sdkappid, group_id, attrs, now_unix),
-            Outcome::Api(e) => {
-                let code = e.code();
-                let gone = classify(code) == ErrorClass::PerGroup;
-                let mut had_snapshot = false;
-                {
-                    let mut groups = app.groups.lock();
-                    let group = groups.get_mut(group_id)?;
-                    group.error_code = Some(code);
-                    if gone {
-                        had_snapshot = group.success.take().is_some();
-                    }
-                }
-                if gone {
-                    let mut seeds = self.seeds.lock();
-                    let seeded = seeds
-                        .get_mut(&sdkappid)
-                        .and_then(|s| s.remove(group_id))
-                        .is_some();
-                    had_snapshot |= seeded;
-                }
-                if had_snapshot {
-                    self.bump();
-                }
-                None
+        match self.apply_polled(sdkappid, group_id, self.ticket(), outcome, now_unix) {
+            Applied::Recorded { changes, .. } => changes,
+            Applied::Stale | Applied::Unassigned => None,
+        }
+    }
+
+    /// Records the outcome of the poll `ticket` of a group, unless the outcome of a poll
+    /// dispatched after it (a newer ticket) was applied already: the poll started last wins,
+    /// whatever order the polls end in, so an older state never follows a newer one (which would
+    /// count its differences as changes twice) and an older failure never hides a newer success
+    /// (nor drops its snapshot, for 10007/10010/10015). A result for a group that is not
+    /// assigned (a poll that was in flight during a reload that dropped it) is ignored.
+    pub fn apply_polled(
+        &self,
+        sdkappid: u64,
+        group_id: &str,
+        ticket: Ticket,
+        outcome: &Outcome<Attributes>,
+        now_unix: f64,
+    ) -> Applied {
+        let Some(app) = self.app(sdkappid) else {
+            return Applied::Unassigned;
+        };
+        let (code, gone) = match outcome {
+            Outcome::Ok(attrs) => {
+                return self.apply_success(&app, sdkappid, group_id, ticket, attrs, now_unix);
             }
-            Outcome::NoAnswer(_) => {
-                let mut groups = app.groups.lock();
-                groups.get_mut(group_id)?.error_code = Some(-1);
-                None
+            Outcome::Api(e) => (e.code(), classify(e.code()) == ErrorClass::PerGroup),
+            Outcome::NoAnswer(_) => (-1, false),
+        };
+        let mut groups = app.groups.lock();
+        let Some(group) = groups.get_mut(group_id) else {
+            return Applied::Unassigned;
+        };
+        if !group.admit(ticket) {
+            return Applied::Stale;
+        }
+        let previous = group.error_code.replace(code);
+        if gone {
+            let mut had_snapshot = group.success.take().is_some();
+            // Under the group's lock (groups, then seeds, as a first success takes a seed), so
+            // a newer poll's success cannot take the seed this answer says is of a lost group.
+            let seeded = self
+                .seeds
+                .lock()
+                .get_mut(&sdkappid)
+                .and_then(|s| s.remove(group_id))
+                .is_some();
+            had_snapshot |= seeded;
+            drop(groups);
+            if had_snapshot {
+                self.bump();
             }
+        }
+        Applied::Recorded {
+            previous,
+            changes: None,
         }
     }
 
@@ -352,9 +424,10 @@ impl Store {
         app: &AppState,
         sdkappid: u64,
         group_id: &str,
+        ticket: Ticket,
         attrs: &[(String, String)],
         now_unix: f64,
-    ) -> Option<Changes> {
+    ) -> Applied {
         // Hashed (and flagged) before the lock; flagged again under it if a reload changed the
         // settings meanwhile.
         let settings = app.settings();
@@ -366,13 +439,21 @@ impl Store {
         if !Arc::ptr_eq(&settings, &current) {
             next.mark(ignore);
         }
-        let group = groups.get_mut(group_id)?;
-        group.error_code = Some(0);
+        let Some(group) = groups.get_mut(group_id) else {
+            return Applied::Unassigned;
+        };
+        if !group.admit(ticket) {
+            return Applied::Stale;
+        }
+        let previous = group.error_code.replace(0);
         let changes = match &mut group.success {
             Some(success) => {
                 success.last_success = now_unix;
                 if success.snapshot == next {
-                    return None;
+                    return Applied::Recorded {
+                        previous,
+                        changes: None,
+                    };
                 }
                 let changes = success.snapshot.diff(&next);
                 success.snapshot = next;
@@ -407,7 +488,10 @@ impl Store {
         };
         drop(groups);
         self.bump();
-        (!changes.is_empty()).then_some(changes)
+        Applied::Recorded {
+            previous,
+            changes: (!changes.is_empty()).then_some(changes),
+        }
     }
 
     /// Takes the snapshots of a state file as baselines: each is diffed once against its group's
@@ -838,6 +922,17 @@ mod tests {
     }
 
     #[test]
+    fn a_group_costs_its_ticket_and_no_more() {
+        // Error code, success pointer, newest applied ticket: at 100,000 groups every byte here
+        // is 100 kB.
+        assert!(
+            std::mem::size_of::<Group>() <= 32,
+            "{}",
+            std::mem::size_of::<Group>()
+        );
+    }
+
+    #[test]
     fn store_is_shareable_across_threads() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Store>();
@@ -944,6 +1039,119 @@ mod tests {
         // And the next success diffs against the last successful poll.
         let got = store.apply(1, "g", &ok(&attrs(&[("a", "3")])), 4.0);
         assert_eq!(got.map(|c| c.modified), Some(vec!["a".to_string()]));
+    }
+
+    #[test]
+    fn the_poll_dispatched_last_wins_whatever_order_the_polls_end_in() {
+        let store = store_with(&["g"]);
+        let s0 = attrs(&[("a", "0"), ("b", "1")]);
+        let s1 = attrs(&[("a", "1"), ("b", "1")]);
+        store.apply(1, "g", &ok(&s0), 1.0);
+        // Two polls overlap (one retried, or a callback's): the older one sees S0, the newer
+        // S1, and the newer one ends first.
+        let (older, newer) = (store.ticket(), store.ticket());
+        assert!(older < newer);
+        let got = store.apply_polled(1, "g", newer, &ok(&s1), 3.0);
+        assert_eq!(
+            got,
+            Applied::Recorded {
+                previous: Some(0),
+                changes: Some(Changes {
+                    modified: vec!["a".into()],
+                    ..Changes::default()
+                }),
+            }
+        );
+        let generation = store.generation();
+        let persisted = store.persisted();
+        assert_eq!(
+            store.apply_polled(1, "g", older, &ok(&s0), 4.0),
+            Applied::Stale
+        );
+        let s = success(&store, "g").expect("a success");
+        assert_eq!(s.changes, counts(0, 0, 1), "the change is counted once");
+        assert_eq!(s.set_hash, set_hash(&s1), "the snapshot stays S1");
+        assert_eq!(s.value_hashes[0], ("a".to_string(), hash48(b"1")));
+        assert_eq!((s.last_change, s.last_success), (3.0, 3.0));
+        assert_eq!(store.generation(), generation);
+        assert_eq!(store.persisted(), persisted);
+
+        // An older failure after a newer success sets no error code, and an older 10010 does
+        // not take the snapshot away.
+        for failed in [no_answer(), api(10002), api(10010)] {
+            let (older, newer) = (store.ticket(), store.ticket());
+            store.apply_polled(1, "g", newer, &ok(&s1), 5.0);
+            let got = store.apply_polled(1, "g", older, &failed, 6.0);
+            assert_eq!(got, Applied::Stale, "{failed:?}");
+            assert_eq!(store.error_code(1, "g"), Some(0), "{failed:?}");
+            assert_eq!(success(&store, "g").expect("kept").set_hash, set_hash(&s1));
+            assert_eq!(store.persisted(), persisted, "{failed:?}");
+        }
+        // And the other way round: a newer failure stays when an older success ends after it;
+        // the next success diffs against S1 still.
+        let (older, newer) = (store.ticket(), store.ticket());
+        store.apply_polled(1, "g", newer, &no_answer(), 7.0);
+        assert_eq!(
+            store.apply_polled(1, "g", older, &ok(&s0), 8.0),
+            Applied::Stale
+        );
+        assert_eq!(store.error_code(1, "g"), Some(-1));
+        assert_eq!(
+            store.apply_polled(1, "g", store.ticket(), &ok(&s1), 9.0),
+            Applied::Recorded {
+                previous: Some(-1),
+                changes: None
+            }
+        );
+        assert_eq!(
+            success(&store, "g").expect("a success").changes,
+            counts(0, 0, 1)
+        );
+    }
+
+    #[test]
+    fn a_stale_success_leaves_the_seed_and_a_group_added_again_starts_afresh() {
+        let old = store_with(&["g"]);
+        old.apply(1, "g", &ok(&attrs(&[("a", "1")])), 1.0);
+        let persisted = old.persisted();
+        let store = store_with(&["g"]);
+        store.seed_from(persisted.clone());
+        let (older, newer) = (store.ticket(), store.ticket());
+        store.apply_polled(1, "g", newer, &no_answer(), 2.0);
+        assert_eq!(
+            store.apply_polled(1, "g", older, &ok(&attrs(&[("a", "2")])), 3.0),
+            Applied::Stale
+        );
+        assert_eq!(store.persisted(), persisted, "the seed waits");
+        assert_eq!(store.error_code(1, "g"), Some(-1));
+        // The next success is diffed against the seed, once.
+        let got = store.apply_polled(1, "g", store.ticket(), &ok(&attrs(&[("a", "2")])), 4.0);
+        assert!(
+            matches!(
+                got,
+                Applied::Recorded {
+                    changes: Some(_),
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
+        // Removed by a reload and added again: a new entry, which nothing was applied to.
+        let before = store.ticket();
+        store.apply_polled(1, "g", store.ticket(), &ok(&attrs(&[("a", "3")])), 5.0);
+        store.set_assigned(1, ["h"], Seeds::DropUnlisted);
+        assert_eq!(
+            store.apply_polled(1, "g", store.ticket(), &no_answer(), 6.0),
+            Applied::Unassigned
+        );
+        store.set_assigned(1, ["g", "h"], Seeds::DropUnlisted);
+        assert_eq!(
+            store.apply_polled(1, "g", before, &ok(&attrs(&[("a", "4")])), 7.0),
+            Applied::Recorded {
+                previous: None,
+                changes: None
+            }
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use timattr_exporter::config;
 use timattr_exporter::daemon::{self, ConfigSource, Options};
-use timattr_exporter::fake::{FakeServer, Fault, FaultTarget, GroupType};
+use timattr_exporter::fake::{AppSpec, FakeServer, Fault, FaultTarget, GroupType};
 use timattr_exporter::http::ServerOptions;
 use timattr_exporter::metrics::BuildInfo;
 use timattr_exporter::secret::SecretKey;
@@ -351,6 +351,92 @@ async fn every_fault_shows_in_the_metrics_and_healthy_groups_keep_their_schedule
         cases.iter().all(|(g, _, _)| code(t, g) == Some(0.0))
     })
     .await;
+    d.stop().await;
+}
+
+/// A group whose answers take 3 s, polled every second with a 5 s timeout: its scheduled slots
+/// that come while its poll is in flight are skipped, so it is not polled again before the
+/// answer (Prometheus never overlaps scrapes of one target either). A group of its own app,
+/// alone there, keeps its 1 s rhythm: a poll that ended while the owner slept is not taken for
+/// one in flight.
+///
+/// Requests are counted where they arrive, on the fake's clock. The fake answers the slow group
+/// at least 3 s after its request arrived, so without overlap two of its requests arrive at least
+/// 3 s apart and a 7 s window holds at most 3 of them; load can only delay requests (widen the
+/// gaps, lower the count), never the other way. Before the fix one request left per slot: 7–8
+/// in 7 s, a second apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_group_is_not_polled_again_while_its_poll_is_in_flight() {
+    const LATENCY: Duration = Duration::from_secs(3);
+    const SLOW: &str = "@TGS#slow3s";
+    const STEADY: &str = "@TGS#steady";
+    let _serial = SERIAL.lock().await;
+    let server = fake_with_app().await;
+    group(&server, SLOW, &[("k", "v")]);
+    server
+        .fake
+        .add_app(AppSpec::new(OTHER_APP, ADMIN, SecretKey::new(KEY)));
+    server
+        .fake
+        .create_group(OTHER_APP, STEADY, GroupType::Public)
+        .expect("group created");
+    server.fake.set_fault(
+        FaultTarget::Group(APP, SLOW.to_owned()),
+        Some(Fault::Latency(LATENCY)),
+    );
+    let extra = "    rate_limit: 20\n    max_concurrency: 4\n    timeout: 5s\n";
+    let d = Running::start(&yaml(&[
+        app_yaml(APP, server.base_url().as_str(), extra, &[SLOW]),
+        app_yaml(OTHER_APP, server.base_url().as_str(), extra, &[STEADY]),
+    ]))
+    .await;
+    let arrivals = |g: &str| -> Vec<Duration> {
+        let app = if g == SLOW { APP } else { OTHER_APP };
+        server
+            .fake
+            .request_times_with_groups(app, "get_group_attr")
+            .into_iter()
+            .filter(|(_, id)| id.as_deref() == Some(g))
+            .map(|(at, _)| at)
+            .collect()
+    };
+    let first = eventually(WAIT, || async { arrivals(SLOW).first().copied() })
+        .await
+        .expect("the slow group is polled");
+    // 7 s of the fake's clock after the slow group's first request, as the steady group's
+    // requests (every second) show it; and at least three requests of the slow group.
+    let window = first + Duration::from_secs(7);
+    eventually(Duration::from_secs(30), || async {
+        let passed = arrivals(STEADY).last().is_some_and(|at| *at >= window);
+        (passed && arrivals(SLOW).len() >= 3).then_some(())
+    })
+    .await
+    .expect("the fake's clock passes the window and the slow group is polled three times");
+    let slow = arrivals(SLOW);
+    let gaps: Vec<f64> = slow
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    let in_window = slow.iter().filter(|at| **at < window).count();
+    eprintln!("slow group: {in_window} requests in 7 s, {gaps:.2?} s apart");
+    assert!(
+        gaps.iter().all(|gap| *gap >= LATENCY.as_secs_f64()) && in_window <= 3,
+        "the slow group was polled again before its answer: {in_window} requests in 7 s, \
+         {gaps:.2?} s apart (its answers take {LATENCY:?})"
+    );
+    // Its answers still land, and the steady group kept its 1 s schedule.
+    let t = d
+        .until("the slow group answered", |t| code(t, SLOW) == Some(0.0))
+        .await;
+    assert_eq!(code(&t, STEADY), Some(0.0));
+    let steady = arrivals(STEADY)
+        .into_iter()
+        .filter(|at| *at >= first && *at < window)
+        .count();
+    assert!(
+        steady >= 5,
+        "{steady} polls of the steady group in 7 s at 1 s"
+    );
     d.stop().await;
 }
 
