@@ -239,7 +239,8 @@ impl Store {
     }
 
     /// The `ErrorCode` of a group's latest poll (-1: no valid answer); `None` before its first
-    /// poll or when it is not assigned. The daemon logs transitions with it.
+    /// poll or when it is not assigned. A poll learns the code before its own from
+    /// [`Store::apply_polled`] instead, under the same lock.
     pub fn error_code(&self, sdkappid: u64, group_id: &str) -> Option<i64> {
         let app = self.app(sdkappid)?;
         let groups = app.groups.lock();

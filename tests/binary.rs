@@ -308,14 +308,20 @@ fn bad_config_exits_64_naming_the_field() {
     );
 }
 
+/// `--config.check` on the config in `cfg`, with `extra` flags.
+fn config_check(cfg: &ConfigDir, extra: &[String]) -> std::process::Output {
+    Command::new(exporter_bin())
+        .arg(format!("--config.file={}", cfg.path().display()))
+        .args(extra)
+        .arg("--config.check")
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn config_check_prints_the_result_without_secrets() {
     let cfg = ConfigDir::new("http://127.0.0.1:9/", &["@TGS#a", "@TGS#b"], "");
-    let out = Command::new(exporter_bin())
-        .arg(format!("--config.file={}", cfg.path().display()))
-        .arg("--config.check")
-        .output()
-        .unwrap();
+    let out = config_check(&cfg, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
@@ -324,11 +330,7 @@ fn config_check_prints_the_result_without_secrets() {
     assert!(!stdout.contains(KEY) && !stderr.contains(KEY));
 
     std::fs::write(cfg.path(), "poll_interval: 0s\napps: []\n").unwrap();
-    let out = Command::new(exporter_bin())
-        .arg(format!("--config.file={}", cfg.path().display()))
-        .arg("--config.check")
-        .output()
-        .unwrap();
+    let out = config_check(&cfg, &[]);
     assert_eq!(out.status.code(), Some(64));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -339,12 +341,7 @@ fn config_check_prints_the_result_without_secrets() {
     // A bad web config is part of the result, on stdout beside the config's own.
     let web = cfg.path().with_file_name("web.yml");
     std::fs::write(&web, "bogus: 1\n").unwrap();
-    let out = Command::new(exporter_bin())
-        .arg(format!("--config.file={}", cfg.path().display()))
-        .arg(format!("--web.config.file={}", web.display()))
-        .arg("--config.check")
-        .output()
-        .unwrap();
+    let out = config_check(&cfg, &[format!("--web.config.file={}", web.display())]);
     assert_eq!(out.status.code(), Some(64));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
